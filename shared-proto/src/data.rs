@@ -1,0 +1,400 @@
+//! Head frames of data streams.
+//!
+//! The relay opens one bidirectional stream per exchange (or per upgraded or TCP
+//! connection). It writes one [`StreamHead`] frame and then raw request body bytes until
+//! FIN; the client answers one [`ResponseHead`] frame and then raw response body bytes
+//! until FIN. A failed exchange is a stream reset, never a silent FIN.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::{BufMut, BytesMut};
+
+use crate::codec::{put_blob, put_string, EncodeError, Frame, Invalid, Reader};
+use crate::limits::{MAX_HEADERS, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_STRING_LEN};
+
+const TAG_HTTP: u8 = 0x10;
+const TAG_RESPONSE: u8 = 0x11;
+const TAG_TCP: u8 = 0x12;
+
+/// One header field as it travels: the name as received (HTTP/1.1 names are
+/// case-insensitive; hyper lowercases them), the value as raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Field name.
+    pub name: String,
+    /// Field value; not necessarily UTF-8.
+    pub value: Vec<u8>,
+}
+
+impl Header {
+    /// A header from a name and a value.
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// The scheme the visitor used to reach the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `"http"` or `"https"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// The head of an HTTP exchange, sent by the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Which of the session's tunnels this exchange is for.
+    pub tunnel_id: u32,
+    /// Relay-assigned exchange id, unique per relay run (0 when unknown).
+    pub exchange_id: u64,
+    /// Request method (`POST`).
+    pub method: String,
+    /// Origin-form target: path and query (`/stripe?x=1`).
+    pub uri: String,
+    /// Request headers after the relay's edge processing.
+    pub headers: Vec<Header>,
+    /// Where the visitor connected from, as the relay saw it.
+    pub visitor: Option<SocketAddr>,
+    /// How the visitor reached the relay.
+    pub scheme: Scheme,
+}
+
+/// The head of a raw TCP connection carried on a data stream, sent by the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpHead {
+    /// Which of the session's tunnels this connection is for.
+    pub tunnel_id: u32,
+    /// Where the visitor connected from.
+    pub visitor: Option<SocketAddr>,
+}
+
+/// The first frame of every data stream, sent by the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamHead {
+    /// An HTTP exchange; the request body follows.
+    Http(RequestHead),
+    /// A TCP connection; raw bytes follow both ways.
+    Tcp(TcpHead),
+}
+
+/// The response head, sent by the client on the data stream; the body follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<Header>,
+}
+
+fn put_headers(dst: &mut BytesMut, headers: &[Header]) -> Result<(), EncodeError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(EncodeError::TooLarge("header count"));
+    }
+    // The count fits: MAX_HEADERS is below u16::MAX.
+    dst.put_u16(headers.len() as u16);
+    for h in headers {
+        put_blob(
+            dst,
+            h.name.as_bytes(),
+            MAX_HEADER_NAME_LEN,
+            "header name",
+        )?;
+        put_blob(dst, &h.value, MAX_HEADER_VALUE_LEN, "header value")?;
+    }
+    Ok(())
+}
+
+fn read_headers(r: &mut Reader<'_>) -> Result<Vec<Header>, Invalid> {
+    let count = r.u16("header count")? as usize;
+    if count > MAX_HEADERS {
+        return Err(Invalid::BadValue("header count"));
+    }
+    let mut headers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = r.str(MAX_HEADER_NAME_LEN, "header name")?;
+        if name.is_empty() {
+            return Err(Invalid::BadValue("header name"));
+        }
+        let value = r.blob(MAX_HEADER_VALUE_LEN, "header value")?;
+        headers.push(Header::new(name, value));
+    }
+    Ok(headers)
+}
+
+fn put_addr(dst: &mut BytesMut, addr: Option<SocketAddr>) {
+    match addr {
+        None => dst.put_u8(0),
+        Some(SocketAddr::V4(a)) => {
+            dst.put_u8(4);
+            dst.put_slice(&a.ip().octets());
+            dst.put_u16(a.port());
+        }
+        Some(SocketAddr::V6(a)) => {
+            dst.put_u8(6);
+            dst.put_slice(&a.ip().octets());
+            dst.put_u16(a.port());
+        }
+    }
+}
+
+fn read_addr(r: &mut Reader<'_>) -> Result<Option<SocketAddr>, Invalid> {
+    let ip = match r.u8("address family")? {
+        0 => return Ok(None),
+        4 => {
+            let b = r.bytes(4, "ipv4 address")?;
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }
+        6 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(r.bytes(16, "ipv6 address")?);
+            IpAddr::V6(Ipv6Addr::from(a))
+        }
+        _ => return Err(Invalid::BadValue("address family")),
+    };
+    Ok(Some(SocketAddr::new(ip, r.u16("port")?)))
+}
+
+impl Frame for StreamHead {
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        match self {
+            StreamHead::Http(h) => {
+                dst.put_u8(TAG_HTTP);
+                dst.put_u32(h.tunnel_id);
+                dst.put_u64(h.exchange_id);
+                dst.put_u8(match h.scheme {
+                    Scheme::Http => 0,
+                    Scheme::Https => 1,
+                });
+                put_addr(dst, h.visitor);
+                put_string(dst, &h.method, "method")?;
+                put_blob(dst, h.uri.as_bytes(), MAX_STRING_LEN, "uri")?;
+                put_headers(dst, &h.headers)
+            }
+            StreamHead::Tcp(t) => {
+                dst.put_u8(TAG_TCP);
+                dst.put_u32(t.tunnel_id);
+                put_addr(dst, t.visitor);
+                Ok(())
+            }
+        }
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, Invalid> {
+        match r.u8("tag")? {
+            TAG_HTTP => {
+                let tunnel_id = r.u32("tunnel id")?;
+                let exchange_id = r.u64("exchange id")?;
+                let scheme = match r.u8("scheme")? {
+                    0 => Scheme::Http,
+                    1 => Scheme::Https,
+                    _ => return Err(Invalid::BadValue("scheme")),
+                };
+                let visitor = read_addr(r)?;
+                let method = r.string("method")?;
+                if method.is_empty() {
+                    return Err(Invalid::BadValue("method"));
+                }
+                Ok(StreamHead::Http(RequestHead {
+                    tunnel_id,
+                    exchange_id,
+                    scheme,
+                    visitor,
+                    method,
+                    uri: r.string("uri")?,
+                    headers: read_headers(r)?,
+                }))
+            }
+            TAG_TCP => Ok(StreamHead::Tcp(TcpHead {
+                tunnel_id: r.u32("tunnel id")?,
+                visitor: read_addr(r)?,
+            })),
+            tag => Err(Invalid::UnknownTag(tag)),
+        }
+    }
+}
+
+impl Frame for ResponseHead {
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        dst.put_u8(TAG_RESPONSE);
+        dst.put_u16(self.status);
+        put_headers(dst, &self.headers)
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, Invalid> {
+        match r.u8("tag")? {
+            TAG_RESPONSE => {
+                let status = r.u16("status")?;
+                if !(100..=999).contains(&status) {
+                    return Err(Invalid::BadValue("status"));
+                }
+                Ok(ResponseHead {
+                    status,
+                    headers: read_headers(r)?,
+                })
+            }
+            tag => Err(Invalid::UnknownTag(tag)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::testing::{check, round_trip};
+    use crate::codec::DecodeError;
+    use crate::limits::MAX_FRAME_LEN;
+
+    fn sample_request() -> RequestHead {
+        RequestHead {
+            tunnel_id: 1,
+            exchange_id: 2,
+            method: "POST".into(),
+            uri: "/a".into(),
+            headers: vec![Header::new("x", vec![0xff])],
+            visitor: Some("127.0.0.1:80".parse().unwrap()),
+            scheme: Scheme::Https,
+        }
+    }
+
+    #[test]
+    fn request_head_golden() {
+        check(
+            &StreamHead::Http(sample_request()),
+            concat!(
+                "0000002f",         // frame length 47
+                "10",               // tag
+                "00000001",         // tunnel id
+                "0000000000000002", // exchange id
+                "01",               // https
+                "047f0000010050",   // 127.0.0.1:80
+                "00000004504f5354", // POST
+                "000000022f61",     // /a
+                "0001",             // one header
+                "0000000178",       // x
+                "00000001ff",       // 0xff
+            ),
+        );
+    }
+
+    #[test]
+    fn response_and_tcp_heads_golden() {
+        check(
+            &ResponseHead {
+                status: 204,
+                headers: vec![],
+            },
+            "000000051100cc0000",
+        );
+        check(
+            &StreamHead::Tcp(TcpHead {
+                tunnel_id: 9,
+                visitor: None,
+            }),
+            "00000006120000000900",
+        );
+    }
+
+    #[test]
+    fn heads_round_trip() {
+        let mut req = sample_request();
+        req.visitor = Some("[2001:db8::1]:443".parse().unwrap());
+        req.scheme = Scheme::Http;
+        req.headers = (0..MAX_HEADERS)
+            .map(|i| Header::new(format!("h{i}"), b"v".to_vec()))
+            .collect();
+        round_trip(&StreamHead::Http(req));
+        round_trip(&StreamHead::Tcp(TcpHead {
+            tunnel_id: u32::MAX,
+            visitor: Some("10.0.0.1:1".parse().unwrap()),
+        }));
+        round_trip(&ResponseHead {
+            status: 502,
+            headers: vec![Header::new("content-type", b"text/plain".to_vec())],
+        });
+    }
+
+    #[test]
+    fn over_limit_heads_are_refused_both_ways() {
+        let mut req = sample_request();
+        req.headers = vec![Header::new("h", vec![]); MAX_HEADERS + 1];
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            StreamHead::Http(req.clone()).encode(&mut buf),
+            Err(EncodeError::TooLarge("header count"))
+        );
+        assert!(buf.is_empty(), "a refused frame leaves nothing behind");
+        // Hand-craft a frame that claims too many headers.
+        let mut ok = sample_request();
+        ok.headers.clear();
+        StreamHead::Http(ok).encode(&mut buf).unwrap();
+        let n = buf.len();
+        buf[n - 2..].copy_from_slice(&((MAX_HEADERS + 1) as u16).to_be_bytes());
+        assert_eq!(
+            StreamHead::decode(&buf),
+            Err(DecodeError::Invalid(Invalid::BadValue("header count")))
+        );
+        // A frame over the size limit is refused when encoding.
+        let mut huge = sample_request();
+        huge.headers = vec![Header::new("h", vec![b'a'; MAX_HEADER_VALUE_LEN]); 5];
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            StreamHead::Http(huge).encode(&mut buf),
+            Err(EncodeError::TooLarge("frame"))
+        );
+        assert!(buf.is_empty(), "a refused frame leaves nothing behind");
+        let _ = MAX_FRAME_LEN;
+    }
+
+    #[test]
+    fn bad_status_and_fields_are_invalid() {
+        let mut buf = BytesMut::new();
+        ResponseHead {
+            status: 200,
+            headers: vec![],
+        }
+        .encode(&mut buf)
+        .unwrap();
+        buf[5..7].copy_from_slice(&42u16.to_be_bytes());
+        assert_eq!(
+            ResponseHead::decode(&buf),
+            Err(DecodeError::Invalid(Invalid::BadValue("status")))
+        );
+        assert!(StreamHead::decode(&[0, 0, 0, 1, 0x11]).is_err());
+        assert!(ResponseHead::decode(&[0, 0, 0, 1, 0x10]).is_err());
+    }
+
+    /// A cheap deterministic fuzz: mutate valid frames byte by byte; decoding must
+    /// answer without panicking, and anything it accepts must re-encode.
+    #[test]
+    fn mutated_frames_never_panic() {
+        let mut buf = BytesMut::new();
+        StreamHead::Http(sample_request()).encode(&mut buf).unwrap();
+        let base = buf.to_vec();
+        for i in 0..base.len() {
+            for v in [0u8, 1, 0x7f, 0x80, 0xff] {
+                let mut m = base.clone();
+                m[i] = v;
+                if let Ok((head, _)) = StreamHead::decode(&m) {
+                    let mut again = BytesMut::new();
+                    head.encode(&mut again).unwrap();
+                }
+                let _ = ResponseHead::decode(&m);
+            }
+        }
+    }
+}
