@@ -1,1 +1,4 @@
-//! placeholder
+//! Porthole client daemon (`porthole`).
+#![warn(missing_docs)]
+
+pub mod capture;
