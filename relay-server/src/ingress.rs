@@ -154,33 +154,33 @@ fn request_host<B>(
     let host = match (header, authority) {
         (Some(h), Some(a)) => {
             if normalize_host(h) != normalize_host(a) {
-                return Err(text(
+                return Err(Box::new(text(
                     StatusCode::MISDIRECTED_REQUEST,
                     "misdirected",
                     format!(
                         "porthole: the Host header ({h}) and the request target ({a}) disagree"
                     ),
-                ));
+                )));
             }
             h
         }
         (Some(h), None) => h,
         (None, Some(a)) => a,
         (None, None) => {
-            return Err(text(
+            return Err(Box::new(text(
                 StatusCode::BAD_REQUEST,
                 "no-host",
                 "porthole: the request has no Host header".into(),
-            ))
+            )))
         }
     };
     if let Some(sni) = &visitor.sni {
         if normalize_host(sni) != normalize_host(host) {
-            return Err(text(
+            return Err(Box::new(text(
                 StatusCode::MISDIRECTED_REQUEST,
                 "misdirected",
                 format!("porthole: TLS server name {sni} does not match Host {host}"),
-            ));
+            )));
         }
     }
     Ok(host.to_owned())
@@ -203,7 +203,7 @@ async fn route(
 ) -> Response<TunnelBody> {
     let host = match request_host(&req, visitor) {
         Ok(h) => h,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let name = match match_host(&host, &relay.cfg.domain) {
         HostMatch::Tunnel(n) => n,

@@ -254,7 +254,20 @@ impl Drop for GuardedSend {
 /// Copies a body into a send stream chunk by chunk, with backpressure from QUIC flow
 /// control, then finishes it. On any failure the stream is reset. Answers the bytes
 /// carried.
-pub async fn pump_body<B>(body: B, mut send: GuardedSend) -> Result<u64, StreamError>
+pub async fn pump_body<B>(body: B, send: GuardedSend) -> Result<u64, StreamError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    pump_body_observed(body, send, |_| {}).await
+}
+
+/// [`pump_body`], showing each chunk to `observe` before it is sent (for capture).
+pub async fn pump_body_observed<B>(
+    body: B,
+    mut send: GuardedSend,
+    mut observe: impl FnMut(&Bytes),
+) -> Result<u64, StreamError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -270,6 +283,7 @@ where
                         continue;
                     }
                     total += data.len() as u64;
+                    observe(&data);
                     if let Err(e) = send.write(data).await {
                         send.reset(codes::RESET_FAILED);
                         return Err(e);

@@ -276,8 +276,13 @@ async fn serve_control(
         };
         match msg? {
             None => {
-                // The client finished its control stream: it is leaving. Close now so
-                // its names are free at once.
+                // The client finished its control stream: it is leaving. Free its names
+                // at once (new visitors get a clear 404), and let its in-flight
+                // exchanges finish before it closes the connection.
+                for name in bound.drain(..) {
+                    relay.registry.release(&name, id);
+                }
+                let _ = tokio::time::timeout(crate::DRAIN_TIMEOUT, conn.closed()).await;
                 conn.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"bye");
                 return Ok(());
             }
