@@ -148,7 +148,7 @@ fn text(status: StatusCode, kind: &'static str, msg: String) -> Response<TunnelB
 fn request_host<B>(
     req: &Request<B>,
     visitor: &VisitorConn,
-) -> Result<String, Response<TunnelBody>> {
+) -> Result<String, Box<Response<TunnelBody>>> {
     let header = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let authority = req.uri().authority().map(|a| a.as_str());
     let host = match (header, authority) {
