@@ -64,8 +64,10 @@ impl Default for TransportTuning {
             connection_window: 32 * 1024 * 1024,
             // A client that vanishes (killed, lid shut) is noticed within this bound,
             // so its visitors get a 502 quickly instead of a hang.
-            idle_timeout: Duration::from_secs(4),
-            keep_alive: Duration::from_millis(1000),
+            // QUIC restarts the idle timer when it sends after receiving, so the
+            // bound seen by a visitor is about idle_timeout + keep_alive: under 5 s.
+            idle_timeout: Duration::from_secs(3),
+            keep_alive: Duration::from_millis(750),
         }
     }
 }
