@@ -33,7 +33,7 @@ pub const CHROME_ARGS: &[&str] = &[
 ];
 
 /// The WebDriver element key.
-const ELEMENT: &str = "element-6066-11e4-a4a4-4a8b9ae3d3e1";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Where Chromium and its driver are, or why the test cannot run.
 pub fn find_browser() -> Result<(PathBuf, PathBuf), String> {
@@ -277,6 +277,17 @@ impl Session {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Sends a Chrome DevTools Protocol command (Chromium only), e.g.
+    /// `Emulation.setEmulatedMedia` to render the dark theme.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> anyhow::Result<Value> {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({ "cmd": cmd, "params": params })),
+        )
+        .await
     }
 
     /// Ends the session (closes the browser).
