@@ -179,6 +179,44 @@ async fn ui_shows_live_exchanges_and_replays() {
         .unwrap()
         .contains(&format!("↻{id}")));
 
+    // Edit & replay: change the path and body in the dialog.
+    let edit = session.find("#btn-edit").await.unwrap().unwrap();
+    session.click(&edit).await.unwrap();
+    session
+        .wait_until(
+            "the editor",
+            "return document.querySelector('#editor').open",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    session
+        .execute(
+            "document.querySelector('#edit-path').value = '/stripe/webhook?edited=1';\
+             document.querySelector('#edit-body').value = '{\"edited\":true}'; return true;",
+            serde_json::json!([]),
+        )
+        .await
+        .unwrap();
+    let send = session.find("#edit-send").await.unwrap().unwrap();
+    session.click(&send).await.unwrap();
+    let got = target.wait_for(2, WAIT).await;
+    assert_eq!(got[1].uri, "/stripe/webhook?edited=1");
+    assert_eq!(&got[1].body[..], br#"{"edited":true}"#);
+    assert_eq!(got[1].header("porthole-replay"), Some(id.to_string()));
+    session
+        .wait_until(
+            "the editor to close",
+            "return !document.querySelector('#editor').open",
+            WAIT,
+        )
+        .await
+        .unwrap();
+    session
+        .wait_for(&format!("#list .row[data-id=\"{}\"]", id + 2), WAIT)
+        .await
+        .unwrap();
+
     // Keyboard: `/` focuses the search box.
     let list = session.find("#list").await.unwrap().unwrap();
     session.send_keys(&list, "/").await.unwrap();
