@@ -62,11 +62,41 @@ pub fn find_browser() -> Result<(PathBuf, PathBuf), String> {
     }
 }
 
-/// A running chromedriver, killed on drop.
+/// A running chromedriver. On drop it ends the sessions still open (so a failed test
+/// leaves no Chromium behind; killing chromedriver alone would orphan the browser) and
+/// then kills the driver.
 pub struct Driver {
     child: tokio::process::Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    sessions: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let ids = std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in ids {
+            delete_session_blocking(self.addr, &id);
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+/// `DELETE /session/ID` over a plain blocking socket, bounded in time; usable in `Drop`.
+fn delete_session_blocking(addr: SocketAddr, id: &str) {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = format!(
+        "DELETE /session/{id} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).is_ok() {
+        // The first bytes of the answer mean the session (and its browser) has ended.
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf);
+    }
 }
 
 impl Driver {
@@ -91,6 +121,7 @@ impl Driver {
             let mut d = Self {
                 child,
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                sessions: Default::default(),
             };
             match d.wait_ready(Duration::from_secs(15)).await {
                 Ok(()) => return Ok(d),
@@ -148,9 +179,15 @@ impl Driver {
             .as_str()
             .ok_or_else(|| anyhow!("no session id in {v}"))?
             .to_owned();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.clone());
         Ok(Session {
             http,
             base: format!("http://{}/session/{id}", self.addr),
+            id,
+            open: std::sync::Arc::clone(&self.sessions),
         })
     }
 }
@@ -159,6 +196,9 @@ impl Driver {
 pub struct Session {
     http: Client<HttpConnector, Full<Bytes>>,
     base: String,
+    id: String,
+    /// The driver's list of open sessions, for cleanup on drop.
+    open: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// An element handle.
@@ -292,9 +332,12 @@ impl Session {
 
     /// Ends the session (closes the browser).
     pub async fn close(self) -> anyhow::Result<()> {
-        request(&self.http, "DELETE", &self.base, None)
-            .await
-            .map(drop)
+        request(&self.http, "DELETE", &self.base, None).await?;
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id| *id != self.id);
+        Ok(())
     }
 }
 
