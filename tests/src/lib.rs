@@ -126,10 +126,12 @@ impl Proc {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let line = self
-                .next_line(left)
-                .await?
-                .ok_or_else(|| anyhow!("process ended before a {kind} event; stderr:\n{}", self.stderr()))?;
+            let line = self.next_line(left).await?.ok_or_else(|| {
+                anyhow!(
+                    "process ended before a {kind} event; stderr:\n{}",
+                    self.stderr()
+                )
+            })?;
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v["event"] == kind {
                     return Ok(v);
@@ -284,7 +286,12 @@ pub struct Client {
 impl Client {
     /// Starts `porthole http TARGET --relay … --json` with `token` and the relay's pin,
     /// and waits for the ready event.
-    pub async fn start(relay: &Relay, target: &str, token: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start(
+        relay: &Relay,
+        target: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut proc = Self::spawn(relay, target, token, extra)?;
         let ready = proc.event("ready", READY_TIMEOUT).await?;
         let name = ready["name"].as_str().unwrap_or_default().to_owned();
@@ -393,7 +400,9 @@ impl Target {
 type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
 fn full(b: impl Into<Bytes>) -> BoxBody {
-    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn query_u64(uri: &http::Uri, key: &str) -> u64 {
@@ -452,7 +461,10 @@ async fn target_answer(
             }
             let n = chunk.min(total - off);
             let data: Vec<u8> = (off..off + n).map(pattern).collect();
-            Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(data))), off + n))
+            Some((
+                Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(data))),
+                off + n,
+            ))
         });
         let mut r = http::Response::new(StreamBody::new(s).boxed_unsync());
         r.headers_mut()
@@ -570,7 +582,10 @@ pub async fn send_streamed(
         }
         let n = chunk.min(size - off);
         let data: Vec<u8> = (off..off + n).map(pattern).collect();
-        Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(data))), off + n))
+        Some((
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(data))),
+            off + n,
+        ))
     });
     let req = http::Request::builder()
         .method("POST")

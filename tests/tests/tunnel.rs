@@ -42,10 +42,16 @@ async fn get_and_post_round_trip_exact_headers_and_bodies() {
     .unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(a.header("x-echo-method").as_deref(), Some("GET"));
-    assert_eq!(a.header("x-echo-uri").as_deref(), Some("/hooks/a?x=1&y=%20z"));
+    assert_eq!(
+        a.header("x-echo-uri").as_deref(),
+        Some("/hooks/a?x=1&y=%20z")
+    );
     assert_eq!(a.header("x-target-only").as_deref(), Some("1"));
     let seen = target.last().unwrap();
-    assert_eq!(seen.header("x-custom").as_deref(), Some("Value With Spaces"));
+    assert_eq!(
+        seen.header("x-custom").as_deref(),
+        Some("Value With Spaces")
+    );
     let raw = seen.headers.iter().find(|(n, _)| n == "x-bytes").unwrap();
     assert_eq!(raw.1, b"\x80\xff");
     assert_eq!(seen.header("host"), Some(host.clone()));
@@ -112,10 +118,20 @@ async fn two_hundred_concurrent_requests_are_all_correct() {
         let host = host.clone();
         let addr = relay.http;
         tasks.push(tokio::spawn(async move {
-            let body = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat((i * 37 % 5000) as usize));
-            let a = request(addr, &host, "POST", &format!("/c/{i}"), &[], Bytes::from(body.clone()))
-                .await
-                .unwrap();
+            let body = format!(
+                "{{\"n\":{i},\"pad\":\"{}\"}}",
+                "x".repeat((i * 37 % 5000) as usize)
+            );
+            let a = request(
+                addr,
+                &host,
+                "POST",
+                &format!("/c/{i}"),
+                &[],
+                Bytes::from(body.clone()),
+            )
+            .await
+            .unwrap();
             assert_eq!(a.status, 200);
             assert_eq!(a.header("x-echo-uri"), Some(format!("/c/{i}")));
             assert_eq!(a.body, body.as_bytes());
@@ -130,40 +146,76 @@ async fn two_hundred_concurrent_requests_are_all_correct() {
 #[tokio::test]
 async fn unknown_name_is_404_and_target_down_is_502() {
     let (relay, _target, _client, token) = setup(&[]).await;
-    let a = request(relay.http, "nobody-here.localhost", "GET", "/", &[], Bytes::new())
-        .await
-        .unwrap();
+    let a = request(
+        relay.http,
+        "nobody-here.localhost",
+        "GET",
+        "/",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 404);
     let text = String::from_utf8_lossy(&a.body);
-    assert!(text.contains("no tunnel is online at nobody-here.localhost"), "{text}");
+    assert!(
+        text.contains("no tunnel is online at nobody-here.localhost"),
+        "{text}"
+    );
 
     // A tunnel whose target port has nothing listening.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = dead.local_addr().unwrap().port();
     drop(dead);
-    let client = Client::start(&relay, &port.to_string(), &token, &[]).await.unwrap();
-    let a = request(relay.http, &client.host(), "POST", "/x", &[], Bytes::from_static(b"{}"))
+    let client = Client::start(&relay, &port.to_string(), &token, &[])
         .await
         .unwrap();
+    let a = request(
+        relay.http,
+        &client.host(),
+        "POST",
+        "/x",
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 502);
     let text = String::from_utf8_lossy(&a.body);
     assert!(text.contains("unreachable"), "{text}");
-    assert!(text.to_lowercase().contains("refused"), "names the cause: {text}");
+    assert!(
+        text.to_lowercase().contains("refused"),
+        "names the cause: {text}"
+    );
 }
 
 #[tokio::test]
 async fn slow_target_gets_504() {
     let (relay, _target, client, _) = setup(&["--target-timeout", "1s"]).await;
     let started = Instant::now();
-    let a = request(relay.http, &client.host(), "GET", "/slow?ms=5000", &[], Bytes::new())
-        .await
-        .unwrap();
+    let a = request(
+        relay.http,
+        &client.host(),
+        "GET",
+        "/slow?ms=5000",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 504);
     assert!(started.elapsed() < Duration::from_secs(4));
     // The tunnel still works afterwards.
-    let a = request(relay.http, &client.host(), "GET", "/fine", &[], Bytes::new())
-        .await
-        .unwrap();
+    let a = request(
+        relay.http,
+        &client.host(),
+        "GET",
+        "/fine",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200);
 }
 
@@ -178,7 +230,10 @@ async fn killed_client_mid_request_gives_502_within_5s() {
     // Wait until the request is in flight at the target side of the tunnel.
     let deadline = Instant::now() + Duration::from_secs(10);
     while _target.seen().is_empty() {
-        assert!(Instant::now() < deadline, "request never reached the target");
+        assert!(
+            Instant::now() < deadline,
+            "request never reached the target"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let killed_at = Instant::now();
@@ -198,7 +253,10 @@ async fn wrong_token_is_refused_with_a_clear_error() {
     assert!(msg.contains("refused the token"), "{msg}");
     assert!(!msg.contains("ph_not-a-real-token"), "never echo the token");
     assert_ne!(proc.wait_exit(Duration::from_secs(10)).await.unwrap(), 0);
-    assert!(!relay.proc.stderr().contains("ph_not-a-real-token"), "relay never logs tokens");
+    assert!(
+        !relay.proc.stderr().contains("ph_not-a-real-token"),
+        "relay never logs tokens"
+    );
 }
 
 #[tokio::test]
@@ -239,13 +297,21 @@ async fn reserved_names_stay_with_their_token() {
     let alice = relay.token("alice").unwrap();
     let mallory = relay.token("mallory").unwrap();
     let t = target.addr.to_string();
-    let mut first = Client::start(&relay, &t, &alice, &["--name", "pay-hooks"]).await.unwrap();
+    let mut first = Client::start(&relay, &t, &alice, &["--name", "pay-hooks"])
+        .await
+        .unwrap();
     assert_eq!(first.name, "pay-hooks");
 
     // Another token cannot take it, neither while it is online…
     let mut thief = Client::spawn(&relay, &t, &mallory, &["--name", "pay-hooks"]).unwrap();
     let ev = thief.event("error", READY_TIMEOUT).await.unwrap();
-    assert!(ev["message"].as_str().unwrap().contains("reserved by another token"), "{ev}");
+    assert!(
+        ev["message"]
+            .as_str()
+            .unwrap()
+            .contains("reserved by another token"),
+        "{ev}"
+    );
     assert_ne!(thief.wait_exit(Duration::from_secs(10)).await.unwrap(), 0);
 
     // …nor after alice leaves: the reservation is persistent.
@@ -264,17 +330,31 @@ async fn same_token_reconnect_takes_the_name_back_at_once() {
     let target = Target::start().await.unwrap();
     let token = relay.token("laptop").unwrap();
     let t = target.addr.to_string();
-    let mut old = Client::start(&relay, &t, &token, &["--name", "sleepy"]).await.unwrap();
+    let mut old = Client::start(&relay, &t, &token, &["--name", "sleepy"])
+        .await
+        .unwrap();
     // The laptop "sleeps": the process vanishes without closing its session, so the
     // relay still believes the old connection is alive.
     old.proc.kill().await;
     let started = Instant::now();
-    let new = Client::start(&relay, &t, &token, &["--name", "sleepy"]).await.unwrap();
-    assert_eq!(new.name, "sleepy");
-    assert!(started.elapsed() < Duration::from_secs(3), "waited for the old session to time out");
-    let a = request(relay.http, "sleepy.localhost", "GET", "/after-sleep", &[], Bytes::new())
+    let new = Client::start(&relay, &t, &token, &["--name", "sleepy"])
         .await
         .unwrap();
+    assert_eq!(new.name, "sleepy");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited for the old session to time out"
+    );
+    let a = request(
+        relay.http,
+        "sleepy.localhost",
+        "GET",
+        "/after-sleep",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200);
 }
 
@@ -284,13 +364,22 @@ async fn relay_restart_then_client_reconnects_to_the_same_url() {
     let url = client.ready["url"].as_str().unwrap().to_owned();
     let host = client.host();
     assert_eq!(
-        request(relay.http, &host, "GET", "/before", &[], Bytes::new()).await.unwrap().status,
+        request(relay.http, &host, "GET", "/before", &[], Bytes::new())
+            .await
+            .unwrap()
+            .status,
         200
     );
     relay.restart(&[]).await.unwrap();
-    let ev = client.proc.event("reconnected", Duration::from_secs(30)).await.unwrap();
+    let ev = client
+        .proc
+        .event("reconnected", Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(ev["url"].as_str().unwrap(), url);
-    let a = request(relay.http, &host, "GET", "/after", &[], Bytes::new()).await.unwrap();
+    let a = request(relay.http, &host, "GET", "/after", &[], Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(a.status, 200);
 }
 
@@ -299,10 +388,23 @@ async fn revoking_a_token_closes_its_session() {
     let (relay, _target, mut client, _) = setup(&[]).await;
     let out = relay.cli(&["token", "revoke", "dev"]).unwrap();
     assert!(out.status.success());
-    let ev = client.proc.event("error", Duration::from_secs(15)).await.unwrap();
+    let ev = client
+        .proc
+        .event("error", Duration::from_secs(15))
+        .await
+        .unwrap();
     assert!(ev["message"].as_str().unwrap().contains("revoked"), "{ev}");
-    assert_ne!(client.proc.wait_exit(Duration::from_secs(15)).await.unwrap(), 0);
-    let a = request(relay.http, &client.host(), "GET", "/", &[], Bytes::new()).await.unwrap();
+    assert_ne!(
+        client
+            .proc
+            .wait_exit(Duration::from_secs(15))
+            .await
+            .unwrap(),
+        0
+    );
+    let a = request(relay.http, &client.host(), "GET", "/", &[], Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(a.status, 404);
 }
 
@@ -350,13 +452,19 @@ async fn trusted_proxy_chain_is_extended() {
         &client.host(),
         "GET",
         "/",
-        &[("x-forwarded-for", b"198.51.100.7"), ("x-forwarded-proto", b"https")],
+        &[
+            ("x-forwarded-for", b"198.51.100.7"),
+            ("x-forwarded-proto", b"https"),
+        ],
         Bytes::new(),
     )
     .await
     .unwrap();
     let seen = target.last().unwrap();
-    assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("198.51.100.7, 127.0.0.1"));
+    assert_eq!(
+        seen.header("x-forwarded-for").as_deref(),
+        Some("198.51.100.7, 127.0.0.1")
+    );
     assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("https"));
 }
 
@@ -368,36 +476,69 @@ async fn oversized_headers_get_431_and_mismatched_authority_421() {
         "GET / HTTP/1.1\r\nHost: {}\r\nX-Big: {big}\r\nConnection: close\r\n\r\n",
         client.host()
     );
-    let resp = raw(relay.http, req.as_bytes(), Duration::from_secs(5)).await.unwrap();
-    assert!(resp.starts_with("HTTP/1.1 431"), "{}", &resp[..resp.len().min(200)]);
+    let resp = raw(relay.http, req.as_bytes(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 431"),
+        "{}",
+        &resp[..resp.len().min(200)]
+    );
 
     // Absolute-form target naming another tunnel than the Host header.
     let req = format!(
         "GET http://other.localhost/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         client.host()
     );
-    let resp = raw(relay.http, req.as_bytes(), Duration::from_secs(5)).await.unwrap();
+    let resp = raw(relay.http, req.as_bytes(), Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(resp.starts_with("HTTP/1.1 421"), "{resp}");
-    assert!(target.seen().is_empty(), "neither request reached the target");
+    assert!(
+        target.seen().is_empty(),
+        "neither request reached the target"
+    );
 
     // Malformed HTTP gets a 400, not a hang or a crash; the relay keeps serving.
-    let resp = raw(relay.http, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(5)).await.unwrap();
+    let resp = raw(
+        relay.http,
+        b"NOT HTTP AT ALL\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
-    let a = request(relay.http, &client.host(), "GET", "/ok", &[], Bytes::new()).await.unwrap();
+    let a = request(relay.http, &client.host(), "GET", "/ok", &[], Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(a.status, 200);
 }
 
 #[tokio::test]
 async fn body_limit_gives_413() {
     let (relay, target, client, _) = setup(&["--max-body-bytes", "1000"]).await;
-    let a = request(relay.http, &client.host(), "POST", "/big", &[], Bytes::from(vec![b'x'; 1001]))
-        .await
-        .unwrap();
+    let a = request(
+        relay.http,
+        &client.host(),
+        "POST",
+        "/big",
+        &[],
+        Bytes::from(vec![b'x'; 1001]),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 413);
     assert!(target.seen().is_empty());
-    let a = request(relay.http, &client.host(), "POST", "/small", &[], Bytes::from(vec![b'x'; 1000]))
-        .await
-        .unwrap();
+    let a = request(
+        relay.http,
+        &client.host(),
+        "POST",
+        "/small",
+        &[],
+        Bytes::from(vec![b'x'; 1000]),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200);
 }
 
@@ -422,8 +563,16 @@ async fn large_upload_to_a_slow_target_keeps_memory_bounded() {
     assert_eq!(a.status, 200);
     assert_eq!(target.last().unwrap().size, size);
     let limit = 64 * 1024;
-    assert!(peak.0 - base_relay.min(peak.0) < limit, "relay grew by {} KiB", peak.0 - base_relay);
-    assert!(peak.1 - base_client.min(peak.1) < limit, "client grew by {} KiB", peak.1 - base_client);
+    assert!(
+        peak.0 - base_relay.min(peak.0) < limit,
+        "relay grew by {} KiB",
+        peak.0 - base_relay
+    );
+    assert!(
+        peak.1 - base_client.min(peak.1) < limit,
+        "client grew by {} KiB",
+        peak.1 - base_client
+    );
 }
 
 #[tokio::test]
@@ -451,8 +600,17 @@ async fn ctrl_c_lets_in_flight_exchanges_finish() {
         relay.proc.stderr()
     );
     assert_eq!(&a.body[..], b"slow done");
-    assert_eq!(client.proc.wait_exit(Duration::from_secs(15)).await.unwrap(), 0);
+    assert_eq!(
+        client
+            .proc
+            .wait_exit(Duration::from_secs(15))
+            .await
+            .unwrap(),
+        0
+    );
     // Once it has gone, the name answers 404 at once.
-    let a = request(relay.http, &client.host(), "GET", "/", &[], Bytes::new()).await.unwrap();
+    let a = request(relay.http, &client.host(), "GET", "/", &[], Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(a.status, 404);
 }
