@@ -126,6 +126,7 @@ async fn run_http_inner(
         tunnels: vec![TunnelSpec {
             name: args.name.clone(),
             target,
+            options: Vec::new(),
         }],
         local_mode,
         inspect_url,
