@@ -27,7 +27,19 @@ use crate::headers::{match_host, normalize_host, set_forwarded, strip_hop_by_hop
 use crate::quic::{
     encode_head, pump_body, read_head, recv_body, GuardedSend, StreamError, TunnelBody,
 };
+use crate::upgrade;
 use crate::Relay;
+
+/// Concurrent HTTP/2 streams per visitor connection.
+pub const H2_MAX_STREAMS: u32 = 256;
+/// Streams reset by the visitor before the relay accepted them, per connection, before
+/// the connection is closed (rapid reset, CVE-2023-44487).
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the relay had to reset because of visitor errors, per connection, before the
+/// connection is closed.
+pub const H2_MAX_LOCAL_RESETS: usize = 256;
+/// Bytes buffered for sending per HTTP/2 stream.
+pub const H2_MAX_SEND_BUF: usize = 400 * 1024;
 
 /// What the relay knows about one visitor connection.
 #[derive(Debug, Clone)]
@@ -114,13 +126,22 @@ where
         .header_read_timeout(relay.cfg.header_timeout)
         .max_buf_size(relay.cfg.max_header_bytes)
         .keep_alive(true);
+    // HTTP/2 limits (docs/streaming.md): a visitor connection gets at most
+    // H2_MAX_STREAMS concurrent streams; a rapid-reset flood (streams opened and reset
+    // before the relay accepts them) or a client provoking many local resets ends the
+    // connection with GOAWAY; a header block (CONTINUATION frames included) is
+    // bounded by --max-header-bytes, so hyper refuses a flood before buffering it; and
+    // each stream's send buffer is capped, so memory per connection stays bounded.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(relay.cfg.max_header_bytes as u32)
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .max_send_buf_size(H2_MAX_SEND_BUF)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-    if let Err(e) = builder.serve_connection(io, svc).await {
+    if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
         debug!("visitor connection: {e}");
     }
 }
@@ -198,7 +219,7 @@ async fn handle(
 
 async fn route(
     relay: &Arc<Relay>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     visitor: &VisitorConn,
 ) -> Response<TunnelBody> {
     let host = match request_host(&req, visitor) {
@@ -253,8 +274,20 @@ async fn route(
         }
     }
 
+    // An HTTP/1.1 upgrade (WebSocket…) without a body keeps its Upgrade headers and
+    // turns the data stream into raw bytes both ways after a 101.
+    let upgrade = match upgrade::requested_upgrade(req.headers()) {
+        Some(proto) if req.version() == http::Version::HTTP_11 && req.body().is_end_stream() => {
+            Some((proto, hyper::upgrade::on(&mut req)))
+        }
+        _ => None,
+    };
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let upgrade = upgrade.map(|(proto, on)| {
+        upgrade::restore_upgrade(&mut parts.headers, proto);
+        on
+    });
     set_forwarded(
         &mut parts.headers,
         visitor.peer.ip(),
@@ -285,8 +318,16 @@ async fn route(
     relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight(relay.clone());
     let timeout = relay.cfg.target_timeout;
-    match tokio::time::timeout(timeout, exchange(relay, &route.conn, head, body)).await {
-        Ok(Ok(resp)) => {
+    match tokio::time::timeout(timeout, exchange(relay, &route.conn, head, body, upgrade)).await {
+        Ok(Ok(Answer::Upgraded(resp, io))) => {
+            // The exchange stays in flight while its upgraded connection lives.
+            tokio::spawn(async move {
+                let _in_flight = in_flight;
+                io.run().await;
+            });
+            resp
+        }
+        Ok(Ok(Answer::Http(resp))) => {
             // The exchange stays in flight until its response body has been carried
             // (or dropped), so a drain waits for bodies too, not just heads.
             resp.map(|body| {
@@ -353,17 +394,55 @@ fn to_wire(h: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
+/// What an exchange answers.
+enum Answer {
+    /// A response whose body streams from the tunnel.
+    Http(Response<TunnelBody>),
+    /// A 101 to send to the visitor, and the splice to run once hyper hands over the
+    /// upgraded connection.
+    Upgraded(Response<TunnelBody>, UpgradedStream),
+}
+
+/// The data stream of an upgraded exchange, waiting for the visitor's connection.
+struct UpgradedStream {
+    on: hyper::upgrade::OnUpgrade,
+    first: Bytes,
+    send: GuardedSend,
+    recv: quinn::RecvStream,
+}
+
+impl UpgradedStream {
+    /// Carries raw bytes between the visitor and the tunnel until both sides end.
+    async fn run(self) {
+        let io = match self.on.await {
+            Ok(io) => TokioIo::new(io),
+            Err(e) => {
+                debug!("visitor upgrade failed: {e}");
+                return;
+            }
+        };
+        if let Err(e) = upgrade::splice(io, self.first, self.send, self.recv).await {
+            debug!("upgraded connection ended: {e}");
+        }
+    }
+}
+
 /// Carries one exchange over a new data stream and answers the response, whose body
-/// streams from the tunnel as the visitor reads it.
+/// streams from the tunnel as the visitor reads it. With `upgrade`, the request body
+/// half of the stream stays open for the raw bytes that follow a 101.
 async fn exchange(
     relay: &Arc<Relay>,
     conn: &quinn::Connection,
     head: StreamHead,
     body: Incoming,
-) -> Result<Response<TunnelBody>, ExchangeError> {
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Answer, ExchangeError> {
     let (send, mut recv) = conn.open_bi().await?;
     let mut send = GuardedSend::new(send);
     send.write(encode_head(&head)?).await?;
+    if let Some(on) = upgrade {
+        return exchange_upgrade(on, send, recv).await;
+    }
 
     // The request body is pumped concurrently with waiting for the response head: a
     // target may answer (say 413 or 401) before it has read the whole body.
@@ -400,11 +479,17 @@ async fn exchange(
         }
     };
 
-    let status = StatusCode::from_u16(resp_head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    response(resp_head, recv_body(first, recv)).map(Answer::Http)
+}
+
+/// The visitor's response from a response head and a body; hop-by-hop headers are
+/// dropped, except the two that a 101 needs.
+fn response(head: ResponseHead, body: TunnelBody) -> Result<Response<TunnelBody>, ExchangeError> {
+    let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut builder = Response::builder().status(status);
     if let Some(h) = builder.headers_mut() {
-        h.reserve(resp_head.headers.len());
-        for Header { name, value } in resp_head.headers {
+        h.reserve(head.headers.len());
+        for Header { name, value } in head.headers {
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_bytes(&value),
@@ -412,9 +497,43 @@ async fn exchange(
                 h.append(n, v);
             }
         }
+        let proto = (status == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| h.get(http::header::UPGRADE).cloned())
+            .flatten();
         strip_hop_by_hop(h);
+        if let Some(proto) = proto {
+            upgrade::restore_upgrade(h, proto);
+        }
     }
     builder
-        .body(recv_body(first, recv))
+        .body(body)
         .map_err(|e| ExchangeError::Tunnel(StreamError::Body(e.to_string())))
+}
+
+/// The rest of an upgrade exchange once its head is sent: a 101 hands the stream to
+/// the splice; any other answer is an ordinary response (the request had no body).
+async fn exchange_upgrade(
+    on: hyper::upgrade::OnUpgrade,
+    send: GuardedSend,
+    mut recv: quinn::RecvStream,
+) -> Result<Answer, ExchangeError> {
+    let (resp_head, first) = read_head::<ResponseHead>(&mut recv).await?;
+    if resp_head.status == 101 {
+        let resp = response(resp_head, empty())?;
+        let io = UpgradedStream {
+            on,
+            first,
+            send,
+            recv,
+        };
+        return Ok(Answer::Upgraded(resp, io));
+    }
+    send.finish();
+    response(resp_head, recv_body(first, recv)).map(Answer::Http)
+}
+
+fn empty() -> TunnelBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }

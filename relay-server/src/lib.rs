@@ -12,6 +12,7 @@
 //!   over its own data stream.
 //! - [`headers`]: pure header rules (host matching, hop-by-hop, X-Forwarded-*).
 //! - [`quic`]: QUIC tuning and data-stream I/O, shared with the client.
+//! - [`upgrade`]: HTTP/1.1 upgrades and the raw-byte splice (also TCP tunnels).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! [`Relay::run`] takes already-bound listeners and a shutdown future, so tests and the
@@ -30,6 +31,7 @@ pub mod registry;
 pub mod session;
 pub mod tls;
 pub mod tokens;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::future::Future;

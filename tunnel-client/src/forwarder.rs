@@ -273,14 +273,24 @@ impl Forwarder {
         let id = self.ids.next();
         let req_tap = Arc::new(Mutex::new(BodyTap::new(self.body_cap)));
         let tap = req_tap.clone();
-        let body = recv_body(first, recv)
-            .map_frame(move |f| {
-                if let Some(d) = f.data_ref() {
-                    tap.lock().unwrap_or_else(|p| p.into_inner()).observe(d);
-                }
-                f
-            })
-            .boxed_unsync();
+        // An upgrade request has no body: the stream's bytes after the head are the
+        // upgraded protocol's, carried only after the target answers 101.
+        let mut upgrade_stream = None;
+        let body = if is_upgrade(&head.headers) {
+            upgrade_stream = Some((first, recv));
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        } else {
+            recv_body(first, recv)
+                .map_frame(move |f| {
+                    if let Some(d) = f.data_ref() {
+                        tap.lock().unwrap_or_else(|p| p.into_inner()).observe(d);
+                    }
+                    f
+                })
+                .boxed_unsync()
+        };
         let captured_headers: Vec<(String, Vec<u8>)> = head
             .headers
             .iter()
@@ -296,10 +306,19 @@ impl Forwarder {
         let time_to_head = started.elapsed();
 
         let (response, outcome) = match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                let upgraded = match upgrade_stream.take() {
+                    Some(stream) if switching => Some((hyper::upgrade::on(&mut resp), stream)),
+                    _ => None,
+                };
                 let (parts, body) = resp.into_parts();
                 let mut headers = parts.headers;
+                let proto = headers.get(http::header::UPGRADE).cloned();
                 strip_hop_by_hop(&mut headers);
+                if let (Some(proto), Some(_)) = (proto, &upgraded) {
+                    relay_server::upgrade::restore_upgrade(&mut headers, proto);
+                }
                 let wire: Vec<Header> = headers
                     .iter()
                     .map(|(k, v)| Header::new(k.as_str(), v.as_bytes()))
@@ -310,17 +329,22 @@ impl Forwarder {
                 };
                 let mut tap = BodyTap::new(self.body_cap);
                 let outcome = match encode_head(&resp_head) {
-                    Ok(bytes) => match send.write(bytes).await {
-                        Ok(()) => match pump_body_observed(body, send, |d| tap.observe(d)).await {
-                            Ok((_, send)) => {
-                                // Held until the relay has every byte, so a shutdown
-                                // waiting on this exchange never cuts its tail off.
-                                send.finish_delivered(DELIVERY_WAIT).await;
-                                Outcome::Completed
+                    Ok(bytes) => match (send.write(bytes).await, upgraded) {
+                        (Ok(()), Some((on, (first, recv)))) => {
+                            carry_upgraded(on, first, send, recv).await
+                        }
+                        (Ok(()), None) => {
+                            match pump_body_observed(body, send, |d| tap.observe(d)).await {
+                                Ok((_, send)) => {
+                                    // Held until the relay has every byte, so a shutdown
+                                    // waiting on this exchange never cuts its tail off.
+                                    send.finish_delivered(DELIVERY_WAIT).await;
+                                    Outcome::Completed
+                                }
+                                Err(e) => Outcome::Cancelled(describe_stream_error(&e)),
                             }
-                            Err(e) => Outcome::Cancelled(describe_stream_error(&e)),
-                        },
-                        Err(e) => {
+                        }
+                        (Err(e), _) => {
                             send.reset(codes::RESET_CANCELLED);
                             Outcome::Cancelled(describe_stream_error(&e))
                         }
@@ -433,6 +457,42 @@ impl Forwarder {
             }
         }
         self.client.request(req).await.map_err(|e| error_chain(&e))
+    }
+}
+
+/// Whether a request head asks for an HTTP/1.1 upgrade (WebSocket…).
+fn is_upgrade(headers: &[Header]) -> bool {
+    let mut map = http::HeaderMap::new();
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("upgrade") {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_bytes(&h.value),
+            ) {
+                map.append(n, v);
+            }
+        }
+    }
+    relay_server::upgrade::requested_upgrade(&map).is_some()
+}
+
+/// Carries an upgraded connection to the target until both sides end.
+async fn carry_upgraded(
+    on: hyper::upgrade::OnUpgrade,
+    first: Bytes,
+    send: GuardedSend,
+    recv: RecvStream,
+) -> Outcome {
+    let io = match on.await {
+        Ok(io) => hyper_util::rt::TokioIo::new(io),
+        Err(e) => {
+            send.reset(codes::RESET_FAILED);
+            return Outcome::TargetError(format!("the target's upgrade failed: {e}"));
+        }
+    };
+    match relay_server::upgrade::splice(io, first, send, recv).await {
+        Ok(_) => Outcome::Completed,
+        Err(e) => Outcome::Cancelled(describe_stream_error(&e)),
     }
 }
 

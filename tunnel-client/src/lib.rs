@@ -12,6 +12,7 @@
 //! - [`inspector`]: history in SQLite, the web UI and its API, replay.
 //! - [`output`]: console lines and `--json` events.
 //! - [`local`]: local mode (in-process relay) and the built-in target.
+//! - [`roam`]: SIGUSR1 moves the QUIC endpoint to a new UDP port (roaming aid).
 
 #![warn(missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod forwarder;
 pub mod inspector;
 pub mod local;
 pub mod output;
+pub mod roam;
 pub mod session;
 pub mod trust;
 

@@ -148,6 +148,7 @@ pub async fn run(
                     Arc::new(quinn::TokioRuntime),
                 )
                 .context("starting QUIC endpoint")?;
+                crate::roam::spawn_rebind_on_sigusr1(ep.clone(), bind);
                 endpoint = Some(ep.clone());
                 ep
             }
