@@ -25,7 +25,7 @@ use tracing::debug;
 
 use crate::headers::{match_host, normalize_host, set_forwarded, strip_hop_by_hop, HostMatch};
 use crate::quic::{
-    encode_head, pump_body, read_head, recv_body, GuardedSend, StreamError, TunnelBody,
+    encode_head, framed_body, pump_body, read_head, recv_body, GuardedSend, StreamError, TunnelBody,
 };
 use crate::upgrade;
 use crate::Relay;
@@ -282,8 +282,16 @@ async fn route(
         }
         _ => None,
     };
+    // `te: trailers` says the visitor accepts trailers (gRPC needs them): kept, so the
+    // client frames the response and its trailers cross the tunnel.
+    let wants_trailers = wants_trailers(req.headers());
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if wants_trailers {
+        parts
+            .headers
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     let upgrade = upgrade.map(|(proto, on)| {
         upgrade::restore_upgrade(&mut parts.headers, proto);
         on
@@ -384,6 +392,14 @@ impl From<quinn::ConnectionError> for ExchangeError {
     }
 }
 
+fn wants_trailers(h: &HeaderMap) -> bool {
+    h.get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
 fn declared_length(h: &HeaderMap) -> Option<u64> {
     h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
@@ -479,7 +495,12 @@ async fn exchange(
         }
     };
 
-    response(resp_head, recv_body(first, recv)).map(Answer::Http)
+    let body = if resp_head.framed {
+        framed_body(first, recv)
+    } else {
+        recv_body(first, recv)
+    };
+    response(resp_head, body).map(Answer::Http)
 }
 
 /// The visitor's response from a response head and a body; hop-by-hop headers are

@@ -14,7 +14,7 @@ use futures_util::stream;
 use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, StreamBody};
 use quinn::{RecvStream, SendStream, VarInt};
-use shared_proto::{codes, DecodeError, Frame};
+use shared_proto::{codes, BodyChunk, DecodeError, Frame};
 
 /// Errors reading or writing a data stream.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +201,125 @@ pub fn recv_body(first: Bytes, recv: RecvStream) -> TunnelBody {
         }
     });
     StreamBody::new(s).boxed_unsync()
+}
+
+/// A body read from a framed data stream ([`shared_proto::BodyChunk`] frames after a
+/// framed [`shared_proto::ResponseHead`]): data frames become body data, a trailers
+/// frame becomes the body's trailers. `first` holds bytes read along with the head.
+pub fn framed_body(first: Bytes, recv: RecvStream) -> TunnelBody {
+    struct State {
+        buf: BytesMut,
+        recv: Option<RecvStream>,
+    }
+    let state = State {
+        buf: BytesMut::from(first),
+        recv: Some(recv),
+    };
+    let s = stream::unfold(state, |mut st| async move {
+        let recv = st.recv.as_mut()?;
+        loop {
+            match BodyChunk::decode(&st.buf) {
+                Ok((chunk, used)) => {
+                    let _ = st.buf.split_to(used);
+                    let frame = match chunk {
+                        BodyChunk::Data(b) => BodyFrame::data(b),
+                        BodyChunk::Trailers(fields) => {
+                            st.recv = None;
+                            BodyFrame::trailers(header_map(fields))
+                        }
+                    };
+                    return Some((Ok(frame), st));
+                }
+                Err(DecodeError::Invalid(e)) => {
+                    st.recv = None;
+                    return Some((Err(StreamError::Invalid(e)), st));
+                }
+                Err(DecodeError::Incomplete) => {}
+            }
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => st.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if st.buf.is_empty() => return None,
+                Ok(None) => {
+                    st.recv = None;
+                    return Some((Err(StreamError::Truncated), st));
+                }
+                Err(e) => {
+                    st.recv = None;
+                    return Some((Err(StreamError::Read(e)), st));
+                }
+            }
+        }
+    });
+    StreamBody::new(s).boxed_unsync()
+}
+
+fn header_map(fields: Vec<shared_proto::Header>) -> http::HeaderMap {
+    let mut map = http::HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(f.name.as_bytes()),
+            http::HeaderValue::from_bytes(&f.value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// Copies a body into a send stream as [`BodyChunk`] frames (data split at
+/// [`shared_proto::MAX_CHUNK_DATA`], trailers as the last frame), showing each data
+/// chunk to `observe`; hands the stream back unfinished. On failure the stream is reset.
+pub async fn pump_body_framed<B>(
+    body: B,
+    mut send: GuardedSend,
+    mut observe: impl FnMut(&Bytes),
+) -> Result<(u64, GuardedSend), StreamError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut total = 0u64;
+    loop {
+        let chunks: Vec<BodyChunk> = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    total += data.len() as u64;
+                    observe(&data);
+                    let mut out = Vec::new();
+                    while !data.is_empty() {
+                        let n = data.len().min(shared_proto::MAX_CHUNK_DATA);
+                        out.push(BodyChunk::Data(data.split_to(n)));
+                    }
+                    out
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(t) => vec![BodyChunk::Trailers(
+                        t.iter()
+                            .map(|(k, v)| shared_proto::Header::new(k.as_str(), v.as_bytes()))
+                            .collect(),
+                    )],
+                    Err(_) => Vec::new(),
+                },
+            },
+            Some(Err(e)) => {
+                send.reset(codes::RESET_FAILED);
+                return Err(StreamError::Body(e.to_string()));
+            }
+        };
+        for chunk in chunks {
+            let written = match encode_head(&chunk) {
+                Ok(bytes) => send.write(bytes).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                send.reset(codes::RESET_FAILED);
+                return Err(e);
+            }
+        }
+    }
+    Ok((total, send))
 }
 
 /// A send stream that is reset (not silently finished) if dropped before

@@ -4,6 +4,13 @@
 //! connection). It writes one [`StreamHead`] frame and then raw request body bytes until
 //! FIN; the client answers one [`ResponseHead`] frame and then raw response body bytes
 //! until FIN. A failed exchange is a stream reset, never a silent FIN.
+//!
+//! A response that may end with trailers (gRPC's `grpc-status`) cannot be raw bytes,
+//! since nothing would tell its last body byte from its trailers. The client marks such
+//! a response head as framed ([`ResponseHead::framed`], tag 0x13 instead of 0x11);
+//! its body is then a sequence of [`BodyChunk`] frames — data, then at most one
+//! trailers frame — until FIN. The client frames a response only when the request
+//! asked for trailers (`te: trailers`), so plain responses keep zero-copy raw bodies.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -15,6 +22,13 @@ use crate::limits::{MAX_HEADERS, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_
 const TAG_HTTP: u8 = 0x10;
 const TAG_RESPONSE: u8 = 0x11;
 const TAG_TCP: u8 = 0x12;
+const TAG_RESPONSE_FRAMED: u8 = 0x13;
+const TAG_CHUNK_DATA: u8 = 0x14;
+const TAG_CHUNK_TRAILERS: u8 = 0x15;
+
+/// Most body bytes one [`BodyChunk::Data`] frame carries (the frame limit less the tag
+/// and the length of the data field).
+pub const MAX_CHUNK_DATA: usize = crate::limits::MAX_FRAME_LEN - 5;
 
 /// One header field as it travels: the name as received (HTTP/1.1 names are
 /// case-insensitive; hyper lowercases them), the value as raw bytes.
@@ -99,6 +113,43 @@ pub struct ResponseHead {
     pub status: u16,
     /// Response headers.
     pub headers: Vec<Header>,
+    /// Whether the body is a sequence of [`BodyChunk`] frames (it may end with
+    /// trailers) instead of raw bytes.
+    pub framed: bool,
+}
+
+/// One frame of a framed response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyChunk {
+    /// Body bytes, at most [`MAX_CHUNK_DATA`].
+    Data(bytes::Bytes),
+    /// The trailer fields; the last frame of the body.
+    Trailers(Vec<Header>),
+}
+
+impl Frame for BodyChunk {
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        match self {
+            BodyChunk::Data(b) => {
+                dst.put_u8(TAG_CHUNK_DATA);
+                put_blob(dst, b, MAX_CHUNK_DATA, "body chunk")
+            }
+            BodyChunk::Trailers(h) => {
+                dst.put_u8(TAG_CHUNK_TRAILERS);
+                put_headers(dst, h)
+            }
+        }
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, Invalid> {
+        match r.u8("tag")? {
+            TAG_CHUNK_DATA => Ok(BodyChunk::Data(bytes::Bytes::copy_from_slice(
+                r.blob(MAX_CHUNK_DATA, "body chunk")?,
+            ))),
+            TAG_CHUNK_TRAILERS => Ok(BodyChunk::Trailers(read_headers(r)?)),
+            tag => Err(Invalid::UnknownTag(tag)),
+        }
+    }
 }
 
 fn put_headers(dst: &mut BytesMut, headers: &[Header]) -> Result<(), EncodeError> {
@@ -225,14 +276,18 @@ impl Frame for StreamHead {
 
 impl Frame for ResponseHead {
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        dst.put_u8(TAG_RESPONSE);
+        dst.put_u8(if self.framed {
+            TAG_RESPONSE_FRAMED
+        } else {
+            TAG_RESPONSE
+        });
         dst.put_u16(self.status);
         put_headers(dst, &self.headers)
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, Invalid> {
         match r.u8("tag")? {
-            TAG_RESPONSE => {
+            tag @ (TAG_RESPONSE | TAG_RESPONSE_FRAMED) => {
                 let status = r.u16("status")?;
                 if !(100..=999).contains(&status) {
                     return Err(Invalid::BadValue("status"));
@@ -240,6 +295,7 @@ impl Frame for ResponseHead {
                 Ok(ResponseHead {
                     status,
                     headers: read_headers(r)?,
+                    framed: tag == TAG_RESPONSE_FRAMED,
                 })
             }
             tag => Err(Invalid::UnknownTag(tag)),
@@ -292,8 +348,17 @@ mod tests {
             &ResponseHead {
                 status: 204,
                 headers: vec![],
+                framed: false,
             },
             "000000051100cc0000",
+        );
+        check(
+            &ResponseHead {
+                status: 200,
+                headers: vec![],
+                framed: true,
+            },
+            "000000051300c80000",
         );
         check(
             &StreamHead::Tcp(TcpHead {
@@ -320,7 +385,19 @@ mod tests {
         round_trip(&ResponseHead {
             status: 502,
             headers: vec![Header::new("content-type", b"text/plain".to_vec())],
+            framed: false,
         });
+        round_trip(&ResponseHead {
+            status: 200,
+            headers: vec![Header::new("content-type", b"application/grpc".to_vec())],
+            framed: true,
+        });
+        round_trip(&BodyChunk::Data(bytes::Bytes::from(vec![
+            7u8;
+            MAX_CHUNK_DATA
+        ])));
+        round_trip(&BodyChunk::Data(bytes::Bytes::new()));
+        round_trip(&BodyChunk::Trailers(vec![]));
     }
 
     #[test]
@@ -361,6 +438,7 @@ mod tests {
         ResponseHead {
             status: 200,
             headers: vec![],
+            framed: false,
         }
         .encode(&mut buf)
         .unwrap();
@@ -371,6 +449,35 @@ mod tests {
         );
         assert!(StreamHead::decode(&[0, 0, 0, 1, 0x11]).is_err());
         assert!(ResponseHead::decode(&[0, 0, 0, 1, 0x10]).is_err());
+    }
+
+    #[test]
+    fn body_chunks_golden_and_limits() {
+        check(
+            &BodyChunk::Data(bytes::Bytes::from_static(b"hi")),
+            concat!("00000007", "14", "00000002", "6869"),
+        );
+        check(
+            &BodyChunk::Trailers(vec![Header::new("grpc-status", b"0".to_vec())]),
+            concat!(
+                "00000017",                 // frame length 23
+                "15",                       // trailers
+                "0001",                     // one field
+                "0000000b677270632d737461", // "grpc-sta…
+                "747573",                   // …tus"
+                "0000000130",               // "0"
+            ),
+        );
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            BodyChunk::Data(bytes::Bytes::from(vec![0u8; MAX_CHUNK_DATA + 1])).encode(&mut buf),
+            Err(EncodeError::TooLarge("body chunk"))
+        );
+        assert!(buf.is_empty());
+        assert_eq!(
+            BodyChunk::decode(&[0, 0, 0, 1, 0x11]),
+            Err(DecodeError::Invalid(Invalid::UnknownTag(0x11)))
+        );
     }
 
     /// A cheap deterministic fuzz: mutate valid frames byte by byte; decoding must
@@ -389,6 +496,7 @@ mod tests {
                     head.encode(&mut again).unwrap();
                 }
                 let _ = ResponseHead::decode(&m);
+                let _ = BodyChunk::decode(&m);
             }
         }
     }

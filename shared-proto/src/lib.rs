@@ -10,7 +10,7 @@
 //! - [`control`]: messages on a session's control stream ([`ClientMessage`],
 //!   [`ServerMessage`]) and the version rule.
 //! - [`data`]: the head frames that open a data stream ([`StreamHead`],
-//!   [`ResponseHead`]).
+//!   [`ResponseHead`]) and the frames of a framed body ([`BodyChunk`]).
 //! - [`name`]: [`TunnelName`], a validated DNS label.
 //! - [`options`]: tags of per-tunnel bind options.
 //! - [`secret`]: [`Secret`], a string that never prints its value.
@@ -29,7 +29,9 @@ pub use control::{
     check_version, ClientMessage, ErrorCode, ServerMessage, TunnelKind, TunnelOption,
     VersionMismatch, MAX_TUNNEL_OPTIONS,
 };
-pub use data::{Header, RequestHead, ResponseHead, Scheme, StreamHead, TcpHead};
+pub use data::{
+    BodyChunk, Header, RequestHead, ResponseHead, Scheme, StreamHead, TcpHead, MAX_CHUNK_DATA,
+};
 pub use name::{NameError, TunnelName};
 pub use secret::Secret;
 

@@ -73,4 +73,14 @@ pub struct HttpArgs {
     /// Bytes of each body kept for the inspector.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub capture_body_bytes: usize,
+    /// Accept any certificate from an https:// target (a self-signed local one).
+    #[arg(long, conflicts_with = "target_ca")]
+    pub target_insecure: bool,
+    /// Trust an https:// target by this CA certificate (PEM) instead of public roots.
+    #[arg(long)]
+    pub target_ca: Option<PathBuf>,
+    /// Speak HTTP/2 in clear (prior knowledge, h2c) to an http:// target, e.g. a gRPC
+    /// server; https:// targets negotiate HTTP/2 by ALPN without this flag.
+    #[arg(long)]
+    pub target_h2: bool,
 }

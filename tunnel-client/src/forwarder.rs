@@ -15,13 +15,15 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use quinn::{RecvStream, SendStream};
 use relay_server::headers::strip_hop_by_hop;
 use relay_server::quic::{
-    encode_head, pump_body_observed, read_head, recv_body, GuardedSend, StreamError, TunnelBody,
+    encode_head, pump_body_framed, pump_body_observed, read_head, recv_body, GuardedSend,
+    StreamError, TunnelBody,
 };
 use shared_proto::{codes, Header, RequestHead, ResponseHead, StreamHead};
 
@@ -29,6 +31,7 @@ use crate::capture::{
     BodyTap, BoxFuture, CapturedRequest, CapturedResponse, Exchange, ExchangeId, IdSource, Outcome,
     ReplayRequest, Replayer, Sinks,
 };
+use crate::target_tls::TargetOptions;
 
 /// How long a finished response waits for the relay's acknowledgement.
 const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -41,7 +44,7 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses `PORT`, `HOST:PORT` or `http://HOST:PORT`.
+    /// Parses `PORT`, `HOST:PORT`, `http://HOST:PORT` or `https://HOST[:PORT]`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         let s = s.trim().trim_end_matches('/');
         if let Ok(port) = s.parse::<u16>() {
@@ -49,20 +52,21 @@ impl Target {
                 base: format!("http://127.0.0.1:{port}"),
             });
         }
-        if s.starts_with("https://") {
-            anyhow::bail!("HTTPS targets are not supported yet: use http://HOST:PORT");
-        }
-        let base = if s.starts_with("http://") {
+        let usage = || {
+            anyhow::anyhow!(
+                "a target is PORT, HOST:PORT, http://HOST:PORT or https://HOST[:PORT], got {s:?}"
+            )
+        };
+        let https = s.starts_with("https://");
+        let base = if https || s.starts_with("http://") {
             s.to_owned()
         } else if s.contains("://") {
-            anyhow::bail!("a target is PORT, HOST:PORT or http://HOST:PORT, got {s:?}");
+            return Err(usage());
         } else {
             format!("http://{s}")
         };
-        let uri: Uri = base.parse().map_err(|_| {
-            anyhow::anyhow!("a target is PORT, HOST:PORT or http://HOST:PORT, got {s:?}")
-        })?;
-        if uri.host().is_none() || uri.port_u16().is_none() {
+        let uri: Uri = base.parse().map_err(|_| usage())?;
+        if uri.host().is_none() || (!https && uri.port_u16().is_none()) {
             anyhow::bail!("the target {s:?} needs a port (like localhost:3000)");
         }
         if uri.path() != "/" && !uri.path().is_empty() {
@@ -70,13 +74,19 @@ impl Target {
         }
         Ok(Self {
             base: format!(
-                "http://{}",
+                "{}://{}",
+                if https { "https" } else { "http" },
                 uri.authority().map(|a| a.as_str()).unwrap_or_default()
             ),
         })
     }
 
-    /// `http://HOST:PORT`.
+    /// Whether the target is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.base.starts_with("https://")
+    }
+
+    /// `http://HOST:PORT` or `https://HOST[:PORT]`.
     pub fn as_str(&self) -> &str {
         &self.base
     }
@@ -102,7 +112,10 @@ pub type TunnelMap = Arc<HashMap<u32, TunnelTarget>>;
 
 /// Forwards exchanges to targets and records them.
 pub struct Forwarder {
-    client: Client<HttpConnector, TunnelBody>,
+    /// HTTP/1.1 to `http://` targets; ALPN `h2` or HTTP/1.1 to `https://` targets.
+    client: Client<HttpsConnector<HttpConnector>, TunnelBody>,
+    /// HTTP/2 by prior knowledge to `http://` targets (`--target-h2`).
+    h2c: Option<Client<HttpConnector, TunnelBody>>,
     sinks: Sinks,
     ids: IdSource,
     body_cap: usize,
@@ -125,21 +138,45 @@ impl Forwarder {
     /// A forwarder that hands exchanges to `sinks`, keeping up to `body_cap` bytes of
     /// each body, numbering exchanges from `first_id`.
     pub fn new(sinks: Sinks, body_cap: usize, first_id: u64) -> Arc<Self> {
+        Self::with_target_options(sinks, body_cap, first_id, &TargetOptions::default())
+            .expect("the default target options always build")
+    }
+
+    /// Like [`Forwarder::new`], reaching targets as `opts` says (TLS trust, HTTP/2).
+    pub fn with_target_options(
+        sinks: Sinks,
+        body_cap: usize,
+        first_id: u64,
+        opts: &TargetOptions,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::target_tls::client_config(opts)?)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(256)
-            .build(http);
-        Arc::new_cyclic(|weak| Self {
+            .build(https);
+        let h2c = opts.h2c.then(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(60))
+                .http2_only(true)
+                .build(http)
+        });
+        Ok(Arc::new_cyclic(|weak| Self {
             client,
+            h2c,
             sinks,
             ids: IdSource::new(first_id),
             body_cap,
             by_name: Mutex::new(HashMap::new()),
             weak: weak.clone(),
-        })
+        }))
     }
 
     fn self_ref(&self) -> Option<Arc<Self>> {
@@ -276,6 +313,14 @@ impl Forwarder {
         // An upgrade request has no body: the stream's bytes after the head are the
         // upgraded protocol's, carried only after the target answers 101.
         let mut upgrade_stream = None;
+        // A visitor that accepts trailers (gRPC) gets a framed response body, so the
+        // target's trailers can follow its last byte.
+        let wants_trailers = head.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("te")
+                && String::from_utf8_lossy(&h.value)
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
         let body = if is_upgrade(&head.headers) {
             upgrade_stream = Some((first, recv));
             http_body_util::Empty::new()
@@ -326,6 +371,7 @@ impl Forwarder {
                 let resp_head = ResponseHead {
                     status: parts.status.as_u16(),
                     headers: wire,
+                    framed: wants_trailers,
                 };
                 let mut tap = BodyTap::new(self.body_cap);
                 let outcome = match encode_head(&resp_head) {
@@ -334,7 +380,12 @@ impl Forwarder {
                             carry_upgraded(on, first, send, recv).await
                         }
                         (Ok(()), None) => {
-                            match pump_body_observed(body, send, |d| tap.observe(d)).await {
+                            let pumped = if wants_trailers {
+                                pump_body_framed(body, send, |d| tap.observe(d)).await
+                            } else {
+                                pump_body_observed(body, send, |d| tap.observe(d)).await
+                            };
+                            match pumped {
                                 Ok((_, send)) => {
                                     // Held until the relay has every byte, so a shutdown
                                     // waiting on this exchange never cuts its tail off.
@@ -377,6 +428,7 @@ impl Forwarder {
                         Header::new("content-length", text.len().to_string().into_bytes()),
                         Header::new("x-porthole-error", b"target-unreachable".to_vec()),
                     ],
+                    framed: false,
                 };
                 let body = Bytes::from(text);
                 if let Ok(h) = encode_head(&resp_head) {
@@ -456,7 +508,11 @@ impl Forwarder {
                 h.append(n, v);
             }
         }
-        self.client.request(req).await.map_err(|e| error_chain(&e))
+        match &self.h2c {
+            Some(h2c) if !target.is_https() => h2c.request(req).await,
+            _ => self.client.request(req).await,
+        }
+        .map_err(|e| error_chain(&e))
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`cli`]: flags and subcommands.
 //! - [`session`]: connect, verify, hello, bind, reconnect.
 //! - [`trust`]: pin / CA / system-root verification of the relay.
+//! - [`target_tls`]: TLS and HTTP/2 toward targets.
 //! - [`forwarder`]: data stream → target → data stream, with capture and replay.
 //! - [`capture`]: what an exchange record holds; the sink and replay seams.
 //! - [`inspector`]: history in SQLite, the web UI and its API, replay.
@@ -24,6 +25,7 @@ pub mod local;
 pub mod output;
 pub mod roam;
 pub mod session;
+pub mod target_tls;
 pub mod trust;
 
 use std::sync::Arc;
@@ -103,7 +105,12 @@ async fn run_http_inner(
         // Without an inspector only sizes are counted, no bytes kept.
         None => (0, 1),
     };
-    let forwarder = Forwarder::new(sinks, body_cap, first_id);
+    let target_opts = target_tls::TargetOptions {
+        insecure: args.target_insecure,
+        ca: args.target_ca.clone(),
+        h2c: args.target_h2,
+    };
+    let forwarder = Forwarder::with_target_options(sinks, body_cap, first_id, &target_opts)?;
     let inspect_url = match inspector {
         Some((inspector, listener, url)) => {
             let replayer: Arc<dyn capture::Replayer> = forwarder.clone();
