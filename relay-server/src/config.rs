@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// A client silent for this long is considered gone [default: 3s].
     #[arg(long, value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Public TCP ports for TCP tunnels, LOW-HIGH (like 20000-20100) [default: none,
+    /// TCP tunnels off].
+    #[arg(long)]
+    pub tcp_ports: Option<crate::tcp::PortRange>,
 }
 
 /// The `relay.toml` file: the same keys as the flags.
@@ -140,6 +144,8 @@ pub struct FileConfig {
     /// See [`ServeArgs::idle_timeout`].
     #[serde(default, deserialize_with = "duration_de::opt")]
     pub idle_timeout: Option<Duration>,
+    /// See [`ServeArgs::tcp_ports`].
+    pub tcp_ports: Option<crate::tcp::PortRange>,
 }
 
 impl FileConfig {
@@ -186,6 +192,8 @@ pub struct RelayConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// QUIC idle timeout.
     pub idle_timeout: Duration,
+    /// Public ports for TCP tunnels (none: TCP tunnels off).
+    pub tcp_ports: Option<crate::tcp::PortRange>,
 }
 
 /// The default data dir: `$XDG_DATA_HOME/porthole-relay`, else
@@ -220,6 +228,7 @@ impl RelayConfig {
             max_body_bytes: None,
             trusted_proxies: Vec::new(),
             idle_timeout: Duration::from_secs(3),
+            tcp_ports: None,
         }
     }
 
@@ -276,6 +285,7 @@ impl RelayConfig {
         if let Some(t) = args.idle_timeout.or(file.idle_timeout) {
             cfg.idle_timeout = t;
         }
+        cfg.tcp_ports = args.tcp_ports.or(file.tcp_ports);
         if cfg.tunnel_addr.is_none() {
             anyhow::bail!("--tunnel-addr cannot be off: clients connect there");
         }

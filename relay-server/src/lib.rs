@@ -12,6 +12,7 @@
 //!   over its own data stream.
 //! - [`headers`]: pure header rules (host matching, hop-by-hop, X-Forwarded-*).
 //! - [`quic`]: QUIC tuning and data-stream I/O, shared with the client.
+//! - [`tcp`]: TCP tunnels: public ports, one data stream per visitor connection.
 //! - [`upgrade`]: HTTP/1.1 upgrades and the raw-byte splice (also TCP tunnels).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //!
@@ -29,6 +30,7 @@ pub mod names;
 pub mod quic;
 pub mod registry;
 pub mod session;
+pub mod tcp;
 pub mod tls;
 pub mod tokens;
 pub mod upgrade;
@@ -155,6 +157,7 @@ pub struct Relay {
     metrics: Metrics,
     draining: CancellationToken,
     url_port: Mutex<Option<(u16, &'static str)>>,
+    tcp: tcp::TcpTunnels,
 }
 
 impl std::fmt::Debug for Relay {
@@ -178,6 +181,8 @@ impl Relay {
             cfg.tls_key.as_ref(),
         )?;
         let pin = identity.pin()?;
+        // TCP tunnels listen on the public HTTP listener's address.
+        let (cfg_tcp_ports, tcp_ip) = (cfg.tcp_ports, cfg.http_addr.map(|a| a.ip()));
         let tokens = TokenStore::open(&cfg.data_dir)
             .with_context(|| format!("opening token store in {}", cfg.data_dir.display()))?;
         Ok(Arc::new(Self {
@@ -192,6 +197,10 @@ impl Relay {
             metrics: Metrics::default(),
             draining: CancellationToken::new(),
             url_port: Mutex::new(None),
+            tcp: tcp::TcpTunnels::new(
+                cfg_tcp_ports,
+                tcp_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            ),
         }))
     }
 

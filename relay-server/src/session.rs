@@ -328,12 +328,6 @@ fn bind(
             ),
         );
     }
-    if kind != TunnelKind::Http {
-        return refused(
-            ErrorCode::Other(501),
-            "this relay does not offer TCP tunnels yet".into(),
-        );
-    }
     if bound.len() >= MAX_TUNNELS_PER_SESSION {
         return refused(
             ErrorCode::LimitExceeded,
@@ -351,6 +345,9 @@ fn bind(
         tunnel_id,
         conn: conn.clone(),
     };
+    if kind == TunnelKind::Tcp {
+        return bind_tcp(relay, token, bound, name, reserve, route);
+    }
     let name = match name {
         Some(n) => {
             let name = match TunnelName::parse(&n) {
@@ -422,6 +419,84 @@ fn bind(
         tunnel_id,
         name: name.to_string(),
         url,
+    }
+}
+
+/// Binds a TCP tunnel: `name` is `tcp-PORT` for a requested port (reserved for the
+/// token when `reserve`), or none for any free port in the relay's range.
+fn bind_tcp(
+    relay: &Arc<Relay>,
+    token: &TokenName,
+    bound: &mut Vec<TunnelName>,
+    name: Option<String>,
+    reserve: bool,
+    route: Route,
+) -> ServerMessage {
+    let refused = |code, message: String| ServerMessage::BindRefused { code, message };
+    let wanted = match name.as_deref() {
+        None => None,
+        Some(n) => match crate::tcp::requested_port(n) {
+            Some(p) => Some(p),
+            None => {
+                return refused(
+                    ErrorCode::NameInvalid,
+                    format!("a TCP tunnel asks for tcp-PORT, got {n:?}"),
+                )
+            }
+        },
+    };
+    if let Some(port) = wanted {
+        let Ok(name) = TunnelName::parse(&crate::tcp::port_name(port)) else {
+            return refused(ErrorCode::NameInvalid, format!("bad port {port}"));
+        };
+        let reservation = if reserve {
+            relay.tokens.reserve(&name, token)
+        } else {
+            relay.tokens.reserved_by(&name).map(|holder| match holder {
+                Some(h) if &h != token => Reservation::HeldBy(h),
+                _ => Reservation::Granted,
+            })
+        };
+        match reservation {
+            Ok(Reservation::Granted) => {}
+            Ok(Reservation::HeldBy(_)) => {
+                return refused(
+                    ErrorCode::NameTaken,
+                    format!("TCP port {port} is reserved by another token"),
+                )
+            }
+            Err(e) => {
+                warn!("reservation store: {e}");
+                return refused(
+                    ErrorCode::Other(500),
+                    "relay reservation store failed".into(),
+                );
+            }
+        }
+    }
+    let tunnel_id = route.tunnel_id;
+    let port = match relay.tcp.bind(wanted, route) {
+        Ok(p) => p,
+        Err(e @ crate::tcp::PortError::InUse(_)) => {
+            return refused(ErrorCode::NameTaken, e.to_string())
+        }
+        // Nothing to retry: the relay offers no such port.
+        Err(e @ (crate::tcp::PortError::Disabled | crate::tcp::PortError::OutOfRange(..))) => {
+            return refused(ErrorCode::NameInvalid, e.to_string())
+        }
+        Err(e @ crate::tcp::PortError::Exhausted(..)) => {
+            return refused(ErrorCode::Throttled, e.to_string())
+        }
+    };
+    let name = crate::tcp::port_name(port);
+    info!(%name, tunnel_id, "TCP tunnel bound");
+    if let Ok(n) = TunnelName::parse(&name) {
+        bound.push(n);
+    }
+    ServerMessage::Bound {
+        tunnel_id,
+        url: format!("tcp://{}:{port}", relay.cfg.domain),
+        name,
     }
 }
 

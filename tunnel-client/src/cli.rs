@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Open an HTTP tunnel to TARGET (without --relay: local mode, an in-process relay).
     Http(HttpArgs),
+    /// Open a TCP tunnel to TARGET: the relay gives it a public port (ssh, databases…).
+    Tcp(TcpArgs),
     /// List recent exchanges from a running porthole's inspector.
     Requests(crate::inspector::cli::RequestsArgs),
     /// Replay a captured exchange (optionally edited) through a running porthole.
@@ -83,4 +85,33 @@ pub struct HttpArgs {
     /// server; https:// targets negotiate HTTP/2 by ALPN without this flag.
     #[arg(long)]
     pub target_h2: bool,
+}
+
+/// Flags of `porthole tcp`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TcpArgs {
+    /// PORT or HOST:PORT of the local TCP service (like 22 or localhost:5432).
+    pub target: String,
+    /// Public port to request, reserved for your token on first use (else any free
+    /// port of the relay's range).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The relay's tunnel address, HOST:PORT.
+    #[arg(long, env = "PORTHOLE_RELAY")]
+    pub relay: String,
+    /// Client token from `porthole-relay token add`.
+    #[arg(long, env = "PORTHOLE_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+    /// Trust the relay whose certificate has this pin (`porthole-relay fingerprint`).
+    #[arg(long, env = "PORTHOLE_RELAY_PIN", conflicts_with = "relay_ca")]
+    pub relay_pin: Option<String>,
+    /// Trust the relay by this CA certificate (PEM) instead of the system roots.
+    #[arg(long, env = "PORTHOLE_RELAY_CA")]
+    pub relay_ca: Option<PathBuf>,
+    /// Print one JSON object per line (ready, reconnecting, error).
+    #[arg(long)]
+    pub json: bool,
+    /// Write the ready event(s) as JSON to this file once the tunnel is online.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
 }

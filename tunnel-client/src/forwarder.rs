@@ -81,6 +81,31 @@ impl Target {
         })
     }
 
+    /// Parses the target of a TCP tunnel: `PORT`, `HOST:PORT` or `tcp://HOST:PORT`.
+    pub fn parse_tcp(s: &str) -> anyhow::Result<Self> {
+        let t = s.trim();
+        let t = t.strip_prefix("tcp://").unwrap_or(t);
+        if let Ok(port) = t.parse::<u16>() {
+            return Ok(Self {
+                base: format!("tcp://127.0.0.1:{port}"),
+            });
+        }
+        let uri: Uri = format!("tcp://{t}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("a TCP target is PORT or HOST:PORT, got {s:?}"))?;
+        match (uri.host(), uri.port_u16(), uri.path()) {
+            (Some(_), Some(_), "" | "/") => Ok(Self {
+                base: format!("tcp://{}", t.trim_end_matches('/')),
+            }),
+            _ => anyhow::bail!("a TCP target is PORT or HOST:PORT, got {s:?}"),
+        }
+    }
+
+    /// Whether this is a TCP tunnel's target (raw bytes, no HTTP).
+    pub fn is_tcp(&self) -> bool {
+        self.base.starts_with("tcp://")
+    }
+
     /// Whether the target is reached over TLS.
     pub fn is_https(&self) -> bool {
         self.base.starts_with("https://")
@@ -291,8 +316,20 @@ impl Forwarder {
                 };
                 self.forward(tunnel, head, first, recv, send).await;
             }
-            StreamHead::Tcp(_) => {
-                send.reset(codes::RESET_FAILED);
+            StreamHead::Tcp(head) => {
+                let target = tunnels
+                    .get(&head.tunnel_id)
+                    .filter(|t| t.target.is_tcp())
+                    .map(|t| t.target.clone());
+                let Some(target) = target else {
+                    tracing::warn!(
+                        tunnel_id = head.tunnel_id,
+                        "TCP stream for an unknown tunnel"
+                    );
+                    send.reset(codes::RESET_FAILED);
+                    return;
+                };
+                carry_tcp(&target, first, send, recv).await;
             }
         }
     }
@@ -530,6 +567,35 @@ fn is_upgrade(headers: &[Header]) -> bool {
         }
     }
     relay_server::upgrade::requested_upgrade(&map).is_some()
+}
+
+/// Carries one TCP tunnel connection to the target until both sides end; a target
+/// that refuses resets the stream, which closes the visitor's connection.
+async fn carry_tcp(target: &Target, first: Bytes, send: GuardedSend, mut recv: RecvStream) {
+    let addr = target.as_str().trim_start_matches("tcp://");
+    let connect = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    );
+    let stream = match connect.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!("TCP target {addr} is unreachable: {e}");
+            let _ = recv.stop(quinn::VarInt::from_u32(codes::RESET_FAILED));
+            send.reset(codes::RESET_FAILED);
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("TCP target {addr} did not accept within 10s");
+            let _ = recv.stop(quinn::VarInt::from_u32(codes::RESET_FAILED));
+            send.reset(codes::RESET_FAILED);
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = relay_server::upgrade::splice(stream, first, send, recv).await {
+        tracing::debug!("TCP connection to {addr} ended: {e}");
+    }
 }
 
 /// Carries an upgraded connection to the target until both sides end.

@@ -8,6 +8,7 @@
 //! - [`session`]: connect, verify, hello, bind, reconnect.
 //! - [`trust`]: pin / CA / system-root verification of the relay.
 //! - [`target_tls`]: TLS and HTTP/2 toward targets.
+//! - [`tcp`]: `porthole tcp`, TCP tunnels.
 //! - [`forwarder`]: data stream → target → data stream, with capture and replay.
 //! - [`capture`]: what an exchange record holds; the sink and replay seams.
 //! - [`inspector`]: history in SQLite, the web UI and its API, replay.
@@ -26,6 +27,7 @@ pub mod output;
 pub mod roam;
 pub mod session;
 pub mod target_tls;
+pub mod tcp;
 pub mod trust;
 
 use std::sync::Arc;

@@ -334,7 +334,11 @@ async fn connect(
     for (i, spec) in cfg.tunnels.iter().enumerate() {
         let bind = ClientMessage::Bind {
             name: names[i].clone(),
-            kind: TunnelKind::Http,
+            kind: if spec.target.is_tcp() {
+                TunnelKind::Tcp
+            } else {
+                TunnelKind::Http
+            },
             reserve: reserve[i],
             options: spec.options.clone(),
         };
