@@ -417,6 +417,9 @@ where
                     if data.is_empty() {
                         continue;
                     }
+                    if total < BULK_AFTER && total + data.len() as u64 >= BULK_AFTER {
+                        mark_bulk(&mut send);
+                    }
                     total += data.len() as u64;
                     observe(&data);
                     if let Err(e) = send.write(data).await {
@@ -432,6 +435,16 @@ where
         }
     }
     Ok((total, send))
+}
+
+/// Bytes after which a body counts as a bulk transfer and its stream yields to the
+/// others: small exchanges sharing the connection are sent first (head-of-line).
+pub const BULK_AFTER: u64 = 1024 * 1024;
+
+fn mark_bulk(send: &mut GuardedSend) {
+    // Lower than the default 0 of every new stream; failure means the stream is gone,
+    // which the next write reports.
+    let _ = send.stream().set_priority(-1);
 }
 
 /// The rustls-backed QUIC server configuration for the relay's identity.
