@@ -176,6 +176,8 @@ pub struct Relay {
     pub dir: Arc<tempfile::TempDir>,
     /// Public HTTP address.
     pub http: SocketAddr,
+    /// Public HTTPS address, when started with `--https-addr`.
+    pub https: Option<SocketAddr>,
     /// QUIC address.
     pub tunnel: SocketAddr,
     /// Admin address.
@@ -227,6 +229,7 @@ impl Relay {
         };
         Ok(Self {
             http: addr("http")?,
+            https: ev["https"].as_str().and_then(|a| a.parse().ok()),
             tunnel: addr("tunnel")?,
             admin: addr("admin")?,
             pin: ev["pin"].as_str().unwrap_or_default().to_owned(),

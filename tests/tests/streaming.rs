@@ -421,3 +421,204 @@ async fn a_download_survives_the_client_moving_to_a_new_udp_address() {
     .unwrap();
     assert_eq!(a.status, 200);
 }
+
+/// A target that upgrades any request asking for `Upgrade: echo` and then echoes raw
+/// bytes until the visitor half-closes, then closes its side.
+async fn raw_upgrade_target() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |mut req: http::Request<hyper::body::Incoming>| async move {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(io) = on.await {
+                                let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                                let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+                            }
+                        });
+                        let resp = http::Response::builder()
+                            .status(101)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "echo")
+                            .body(http_body_util::Empty::<Bytes>::new())
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Any `Upgrade` protocol, not only WebSocket: after the 101 the bytes are raw, and a
+/// half-close by the visitor reaches the target, whose own close comes back.
+#[tokio::test]
+async fn a_raw_upgrade_carries_bytes_and_half_close_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = raw_upgrade_target().await;
+    let (relay, client) = setup(&target.to_string()).await;
+    let mut s = TcpStream::connect(relay.http).await.unwrap();
+    let head = format!(
+        "GET /raw HTTP/1.1\r\nhost: {}\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        client.host()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Read the 101 head byte by byte so no upgraded byte is consumed with it.
+    let mut resp = Vec::new();
+    while !resp.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(STEP, s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "connection closed during the 101 head: {resp:?}");
+        resp.push(b[0]);
+        assert!(resp.len() < 4096);
+    }
+    let resp = String::from_utf8_lossy(&resp).to_lowercase();
+    assert!(resp.starts_with("http/1.1 101"), "{resp}");
+    assert!(resp.contains("upgrade: echo"), "{resp}");
+    let payload: Vec<u8> = (0..3_000_000u64).map(pattern).collect();
+    let (mut r, mut w) = s.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(STEP, r.read_to_end(&mut back))
+        .await
+        .expect("the target's close arrives after the echo")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "echoed bytes differ");
+}
+
+/// HTTPS ingress negotiates h2 by ALPN; requests carry the tunnel's name as SNI.
+#[tokio::test]
+async fn h2_over_tls_by_alpn() {
+    let target = Target::start().await.unwrap();
+    let relay = Relay::start(&["--https-addr", "127.0.0.1:0"])
+        .await
+        .unwrap();
+    let https = relay.https.expect("the relay listens for HTTPS");
+    let token = relay.token("dev").unwrap();
+    let client = Client::start(&relay, &target.addr.to_string(), &token, &[])
+        .await
+        .unwrap();
+    let host = client.host();
+    let pem = std::fs::read(relay.dir.path().join("relay-cert.pem")).unwrap();
+    // Trust exactly the relay's certificate (its name is checked by the relay's own
+    // SNI rule; verifiers refuse a wildcard right under one label like `*.localhost`).
+    let cert = rustls_pemfile_certs(&pem).remove(0);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ExactCert {
+            cert,
+            algorithms: provider.signature_verification_algorithms,
+        }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(https).await.unwrap();
+    let sni = rustls::pki_types::ServerName::try_from(host.clone()).unwrap();
+    let tls = connector.connect(sni, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Full<Bytes>,
+    >(TokioExecutor::new(), TokioIo::new(tls))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://{}/tls", host.clone()))
+        .body(http_body_util::Full::new(Bytes::from_static(b"secure")))
+        .unwrap();
+    let resp = tokio::time::timeout(STEP, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "secure"
+    );
+    assert_eq!(
+        target
+            .last()
+            .unwrap()
+            .header("x-forwarded-proto")
+            .as_deref(),
+        Some("https")
+    );
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap())
+        .collect()
+}
+
+/// Accepts exactly one certificate, and checks the handshake signature.
+#[derive(Debug)]
+struct ExactCert {
+    cert: rustls::pki_types::CertificateDer<'static>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ExactCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the relay's certificate".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
