@@ -672,3 +672,60 @@ impl Replayer for Forwarder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_with_their_schemes() {
+        assert_eq!(
+            Target::parse("3000").unwrap().as_str(),
+            "http://127.0.0.1:3000"
+        );
+        assert_eq!(
+            Target::parse("localhost:3000/").unwrap().as_str(),
+            "http://localhost:3000"
+        );
+        let t = Target::parse("https://localhost:8443").unwrap();
+        assert_eq!(t.as_str(), "https://localhost:8443");
+        assert!(t.is_https() && !t.is_tcp());
+        assert_eq!(
+            Target::parse("https://dev.example").unwrap().as_str(),
+            "https://dev.example"
+        );
+        for bad in ["ftp://x:1", "http://x", "http://x:1/path", "https://x:1/p"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tcp_targets_parse() {
+        let t = Target::parse_tcp("22").unwrap();
+        assert_eq!(t.as_str(), "tcp://127.0.0.1:22");
+        assert!(t.is_tcp() && !t.is_https());
+        assert_eq!(
+            Target::parse_tcp("db.local:5432").unwrap().as_str(),
+            "tcp://db.local:5432"
+        );
+        assert_eq!(
+            Target::parse_tcp("tcp://[::1]:5432").unwrap().as_str(),
+            "tcp://[::1]:5432"
+        );
+        for bad in ["", "db.local", "db.local:5432/x", "70000"] {
+            let err = Target::parse_tcp(bad).unwrap_err().to_string();
+            assert!(err.contains("PORT or HOST:PORT"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn upgrade_requests_are_recognised_from_wire_headers() {
+        let ws = [
+            Header::new("connection", b"Upgrade".to_vec()),
+            Header::new("upgrade", b"websocket".to_vec()),
+        ];
+        assert!(is_upgrade(&ws));
+        assert!(!is_upgrade(&ws[1..]));
+        assert!(!is_upgrade(&[Header::new("x", b"y".to_vec())]));
+    }
+}
