@@ -1,1 +1,347 @@
-//! placeholder
+//! Porthole relay (`porthole-relay`): public HTTP(S) ingress, the QUIC listener for
+//! client sessions, the registry of tunnel names, tokens and the admin endpoint.
+//!
+//! # Layout
+//!
+//! - [`config`]: `relay.toml` and the `serve` flags.
+//! - [`tls`]: the relay's certificate, its pin, rustls configurations.
+//! - [`tokens`]: client tokens (hashed) and name reservations, in SQLite.
+//! - [`registry`]: name → session route; the one piece of shared mutable state.
+//! - [`session`]: one client's QUIC connection: hello, auth, binds, goaway.
+//! - [`ingress`]: visitor HTTP(S): routing by Host, edge rules, forwarding an exchange
+//!   over its own data stream.
+//! - [`headers`]: pure header rules (host matching, hop-by-hop, X-Forwarded-*).
+//! - [`quic`]: QUIC tuning and data-stream I/O, shared with the client.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! [`Relay::run`] takes already-bound listeners and a shutdown future, so tests and the
+//! client's local mode run relays on ephemeral ports. See `docs/internals.md` for the
+//! life of one webhook.
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod headers;
+pub mod ingress;
+pub mod names;
+pub mod quic;
+pub mod registry;
+pub mod session;
+pub mod tls;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{RelayConfig, ServeArgs};
+use registry::{LocalRegistry, Registry, SessionId};
+use tokens::{TokenName, TokenStore};
+
+/// How long in-flight exchanges may take to finish once the relay starts draining.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Already-bound sockets for a relay.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Public HTTP.
+    pub http: Option<TcpListener>,
+    /// Public HTTPS.
+    pub https: Option<TcpListener>,
+    /// QUIC for clients.
+    pub tunnel: std::net::UdpSocket,
+    /// Admin endpoint.
+    pub admin: Option<TcpListener>,
+}
+
+/// The addresses a relay listens on, as bound.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BoundAddrs {
+    /// Public HTTP.
+    pub http: Option<SocketAddr>,
+    /// Public HTTPS.
+    pub https: Option<SocketAddr>,
+    /// QUIC.
+    pub tunnel: SocketAddr,
+    /// Admin.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// Binds every listener the configuration asks for.
+    pub async fn bind(cfg: &RelayConfig) -> anyhow::Result<Self> {
+        async fn tcp(addr: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
+            match addr {
+                None => Ok(None),
+                Some(a) => TcpListener::bind(a)
+                    .await
+                    .map(Some)
+                    .with_context(|| format!("binding {what} listener on {a}")),
+            }
+        }
+        let tunnel_addr = cfg
+            .tunnel_addr
+            .context("the relay needs a tunnel address")?;
+        Ok(Self {
+            http: tcp(cfg.http_addr, "HTTP").await?,
+            https: tcp(cfg.https_addr, "HTTPS").await?,
+            tunnel: quic::udp_socket(tunnel_addr)
+                .with_context(|| format!("binding QUIC listener on udp {tunnel_addr}"))?,
+            admin: tcp(cfg.admin_addr, "admin").await?,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> anyhow::Result<BoundAddrs> {
+        Ok(BoundAddrs {
+            http: self.http.as_ref().map(|l| l.local_addr()).transpose()?,
+            https: self.https.as_ref().map(|l| l.local_addr()).transpose()?,
+            tunnel: self.tunnel.local_addr()?,
+            admin: self.admin.as_ref().map(|l| l.local_addr()).transpose()?,
+        })
+    }
+}
+
+/// A live session as the relay tracks it (for revocation and drain).
+#[derive(Debug, Clone)]
+pub(crate) struct SessionEntry {
+    pub token: TokenName,
+    pub conn: quinn::Connection,
+    pub goaway: CancellationToken,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Exchanges answered, by status class (index 1..=5 for 1xx..5xx).
+    pub responses: [AtomicU64; 6],
+    /// Exchanges answered by the relay itself with 404 (no tunnel).
+    pub no_tunnel: AtomicU64,
+    /// Sessions accepted since start.
+    pub sessions_total: AtomicU64,
+    /// Hellos refused (bad token, version).
+    pub auth_failures: AtomicU64,
+    /// Exchanges currently in flight.
+    pub in_flight: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn count_status(&self, status: u16) {
+        let class = (status / 100).min(5) as usize;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A relay: configuration, identity, tokens, registry and live sessions.
+pub struct Relay {
+    cfg: RelayConfig,
+    identity: tls::Identity,
+    pin: String,
+    tokens: TokenStore,
+    registry: Arc<dyn Registry>,
+    sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    next_session: AtomicU64,
+    next_exchange: AtomicU64,
+    metrics: Metrics,
+    draining: CancellationToken,
+    url_port: Mutex<Option<(u16, &'static str)>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("domain", &self.cfg.domain)
+            .field("pin", &self.pin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Loads (or creates) the identity and opens the token store.
+    pub fn new(cfg: RelayConfig) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+        let identity = tls::Identity::resolve(
+            &cfg.data_dir,
+            &cfg.domain,
+            cfg.tls_cert.as_ref(),
+            cfg.tls_key.as_ref(),
+        )?;
+        let pin = identity.pin()?;
+        let tokens = TokenStore::open(&cfg.data_dir)
+            .with_context(|| format!("opening token store in {}", cfg.data_dir.display()))?;
+        Ok(Arc::new(Self {
+            cfg,
+            identity,
+            pin,
+            tokens,
+            registry: Arc::new(LocalRegistry::new()),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            next_exchange: AtomicU64::new(1),
+            metrics: Metrics::default(),
+            draining: CancellationToken::new(),
+            url_port: Mutex::new(None),
+        }))
+    }
+
+    /// The relay's pin, `sha256:<hex>`.
+    pub fn pin(&self) -> &str {
+        &self.pin
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.cfg
+    }
+
+    /// The token store.
+    pub fn tokens(&self) -> &TokenStore {
+        &self.tokens
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The public URL of tunnel `name`.
+    pub fn public_url(&self, name: &str) -> String {
+        let guard = self.url_port.lock().unwrap_or_else(|p| p.into_inner());
+        let (port, scheme) = guard.unwrap_or((80, "http"));
+        let default = matches!((scheme, port), ("http", 80) | ("https", 443));
+        if default {
+            format!("{scheme}://{name}.{}", self.cfg.domain)
+        } else {
+            format!("{scheme}://{name}.{}:{port}", self.cfg.domain)
+        }
+    }
+
+    /// Runs the relay on `listeners` until `shutdown` resolves, then drains: new
+    /// visitors are refused, clients get a goaway, in-flight exchanges get
+    /// [`DRAIN_TIMEOUT`] to finish.
+    pub async fn run(
+        self: Arc<Self>,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let addrs = listeners.addrs()?;
+        {
+            // Public URLs use HTTPS only when the certificate is the operator's own;
+            // a self-signed one would fail every webhook sender.
+            let https = addrs.https.filter(|_| self.cfg.tls_cert.is_some());
+            let (port, scheme) = match (https, addrs.http) {
+                (Some(a), _) => (a.port(), "https"),
+                (None, Some(a)) => (a.port(), "http"),
+                (None, None) => (80, "http"),
+            };
+            *self.url_port.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((self.cfg.public_port.unwrap_or(port), scheme));
+        }
+
+        let stop_accepting = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+
+        let quic_tls = self.identity.server_config(&[shared_proto::ALPN])?;
+        let server_cfg = quic::server_config(quic_tls, &self.tuning())?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_cfg),
+            listeners.tunnel,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .context("starting QUIC endpoint")?;
+        tasks.spawn(session::accept_loop(
+            self.clone(),
+            endpoint.clone(),
+            stop_accepting.clone(),
+        ));
+        tasks.spawn(session::watch_revocations(
+            self.clone(),
+            stop_accepting.clone(),
+        ));
+
+        if let Some(l) = listeners.http {
+            tasks.spawn(ingress::serve(
+                self.clone(),
+                l,
+                None,
+                stop_accepting.clone(),
+            ));
+        }
+        if let Some(l) = listeners.https {
+            let tls = self.identity.server_config(&[b"h2", b"http/1.1"])?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            tasks.spawn(ingress::serve(
+                self.clone(),
+                l,
+                Some(acceptor),
+                stop_accepting.clone(),
+            ));
+        }
+        if let Some(l) = listeners.admin {
+            tasks.spawn(admin::serve(self.clone(), l, stop_accepting.clone()));
+        }
+
+        tracing::info!(
+            domain = %self.cfg.domain,
+            http = ?addrs.http,
+            https = ?addrs.https,
+            tunnel = %addrs.tunnel,
+            admin = ?addrs.admin,
+            pin = %self.pin,
+            "relay listening"
+        );
+
+        shutdown.await;
+        tracing::info!("draining: refusing new visitors, telling clients to reconnect");
+        self.draining.cancel();
+        stop_accepting.cancel();
+        let entries: Vec<SessionEntry> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for e in &entries {
+            e.goaway.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.metrics.in_flight.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        endpoint.close(
+            quinn::VarInt::from_u32(shared_proto::codes::CLOSE_GOAWAY),
+            b"relay shutting down",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        tasks.abort_all();
+        Ok(())
+    }
+
+    fn tuning(&self) -> quic::TransportTuning {
+        quic::TransportTuning {
+            idle_timeout: self.cfg.idle_timeout,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn next_session_id(&self) -> SessionId {
+        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn next_exchange_id(&self) -> u64 {
+        self.next_exchange.fetch_add(1, Ordering::Relaxed)
+    }
+}

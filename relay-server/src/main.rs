@@ -1,1 +1,240 @@
-fn main(){}
+//! `porthole-relay`: parse arguments, start tracing, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use relay_server::config::{default_data_dir, RelayConfig, ServeArgs};
+use relay_server::{Listeners, Relay};
+
+/// The Porthole relay: public HTTP(S) ingress for webhook tunnels.
+#[derive(Debug, Parser)]
+#[command(name = "porthole-relay", version, about)]
+struct Cli {
+    /// Log as JSON lines (on stderr).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once at start-up; the size difference between variants is irrelevant.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+        /// Print a JSON `listening` event on stdout when ready.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage client tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Print the relay's pin (`sha256:<hex>`), creating its certificate if needed.
+    Fingerprint {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Domain for a certificate created now [default: localhost].
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        /// Pin of this PEM certificate instead of the data dir's.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DataDir {
+    /// Data directory [default: $XDG_DATA_HOME/porthole-relay].
+    #[arg(long, env = "PORTHOLE_RELAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataDir {
+    fn path(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed once, as the last line of stdout.
+    Add {
+        /// A name for the token (who or what uses it).
+        name: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// List tokens and the names they reserve.
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Revoke a token; its live sessions are closed.
+    Revoke {
+        /// The token's name.
+        name: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("porthole-relay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTHOLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { args, json } => {
+            let cfg = RelayConfig::resolve(&args)?;
+            let rt = tokio::runtime::Runtime::new().context("starting runtime")?;
+            rt.block_on(serve(cfg, json))
+        }
+        Command::Token { command } => token(command),
+        Command::Fingerprint {
+            dir,
+            domain,
+            tls_cert,
+        } => {
+            let pin = match tls_cert {
+                Some(c) => {
+                    let pem =
+                        std::fs::read(&c).with_context(|| format!("reading {}", c.display()))?;
+                    let cert = rustls_pemfile::certs(&mut &pem[..])
+                        .next()
+                        .with_context(|| format!("no certificate in {}", c.display()))??;
+                    relay_server::tls::spki_pin(&cert)?
+                }
+                None => relay_server::tls::Identity::load_or_create(&dir.path(), &domain)?.pin()?,
+            };
+            println!("{pin}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(cfg: RelayConfig, json: bool) -> anyhow::Result<()> {
+    let relay = Relay::new(cfg.clone())?;
+    let listeners = Listeners::bind(&cfg).await?;
+    let addrs = listeners.addrs()?;
+    if json {
+        let event = serde_json::json!({
+            "event": "listening",
+            "http": addrs.http,
+            "https": addrs.https,
+            "tunnel": addrs.tunnel,
+            "admin": addrs.admin,
+            "pin": relay.pin(),
+            "domain": cfg.domain,
+        });
+        println!("{event}");
+    } else {
+        eprintln!(
+            "porthole-relay serving *.{} — http {} · https {} · tunnel udp {} · pin {}",
+            cfg.domain,
+            addrs
+                .http
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
+            addrs
+                .https
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
+            addrs.tunnel,
+            relay.pin()
+        );
+    }
+    relay.run(listeners, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    use relay_server::tokens::TokenStore;
+    let open = |dir: &DataDir| {
+        let path = dir.path();
+        TokenStore::open(&path)
+            .with_context(|| format!("opening token store in {}", path.display()))
+    };
+    match cmd {
+        TokenCommand::Add { name, dir } => {
+            let store = open(&dir)?;
+            let token = store.add(&name)?;
+            eprintln!("created token {name}; it is shown only once:");
+            println!("{}", token.expose());
+        }
+        TokenCommand::List { dir } => {
+            let store = open(&dir)?;
+            let tokens = store.list()?;
+            if tokens.is_empty() {
+                eprintln!("no tokens (create one with `porthole-relay token add NAME`)");
+            }
+            for t in tokens {
+                println!(
+                    "{}\tcreated {}\treserved: {}",
+                    t.name,
+                    t.created_at,
+                    if t.reserved.is_empty() {
+                        "-".into()
+                    } else {
+                        t.reserved.join(",")
+                    }
+                );
+            }
+        }
+        TokenCommand::Revoke { name, dir } => {
+            let store = open(&dir)?;
+            store.revoke(&name)?;
+            eprintln!("revoked token {name}; its sessions close within a second");
+        }
+    }
+    Ok(())
+}

@@ -124,6 +124,9 @@ pub enum ClientMessage {
         name: Option<String>,
         /// HTTP or TCP.
         kind: TunnelKind,
+        /// Reserve the name for this token, persistently (`--name`). A client taking
+        /// back a random name after a reconnect asks without reserving.
+        reserve: bool,
     },
 }
 
@@ -180,9 +183,14 @@ impl Frame for ClientMessage {
                 put_blob(dst, token.expose().as_bytes(), MAX_TOKEN_LEN, "token")?;
                 put_string(dst, agent, "agent")
             }
-            ClientMessage::Bind { name, kind } => {
+            ClientMessage::Bind {
+                name,
+                kind,
+                reserve,
+            } => {
                 dst.put_u8(TAG_BIND);
                 dst.put_u8(kind.to_u8());
+                dst.put_u8(u8::from(*reserve));
                 put_opt_string(dst, name.as_deref(), "name")
             }
         }
@@ -201,8 +209,14 @@ impl Frame for ClientMessage {
             }
             TAG_BIND => {
                 let kind = TunnelKind::from_u8(r.u8("kind")?)?;
+                let reserve = match r.u8("reserve")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Invalid::BadValue("reserve")),
+                };
                 Ok(ClientMessage::Bind {
                     kind,
+                    reserve,
                     name: r.opt_string("name")?,
                 })
             }
@@ -333,15 +347,17 @@ mod tests {
             &ClientMessage::Bind {
                 name: Some("ab".into()),
                 kind: TunnelKind::Http,
+                reserve: true,
             },
-            "00000009020001000000026162",
+            "0000000a02000101000000026162",
         );
         check(
             &ClientMessage::Bind {
                 name: None,
                 kind: TunnelKind::Tcp,
+                reserve: false,
             },
-            "00000003020100",
+            "0000000402010000",
         );
     }
 
@@ -412,7 +428,7 @@ mod tests {
         ));
         // A bind with a bad kind byte.
         assert!(matches!(
-            ClientMessage::decode(&[0, 0, 0, 3, TAG_BIND, 9, 0]),
+            ClientMessage::decode(&[0, 0, 0, 4, TAG_BIND, 9, 0, 0]),
             Err(DecodeError::Invalid(Invalid::BadValue("tunnel kind")))
         ));
         // A hello whose token is over the limit.

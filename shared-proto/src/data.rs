@@ -108,12 +108,7 @@ fn put_headers(dst: &mut BytesMut, headers: &[Header]) -> Result<(), EncodeError
     // The count fits: MAX_HEADERS is below u16::MAX.
     dst.put_u16(headers.len() as u16);
     for h in headers {
-        put_blob(
-            dst,
-            h.name.as_bytes(),
-            MAX_HEADER_NAME_LEN,
-            "header name",
-        )?;
+        put_blob(dst, h.name.as_bytes(), MAX_HEADER_NAME_LEN, "header name")?;
         put_blob(dst, &h.value, MAX_HEADER_VALUE_LEN, "header value")?;
     }
     Ok(())

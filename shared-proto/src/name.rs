@@ -67,7 +67,10 @@ mod tests {
 
     #[test]
     fn parses_and_folds_case() {
-        assert_eq!(TunnelName::parse("Pay-Hooks").unwrap().as_str(), "pay-hooks");
+        assert_eq!(
+            TunnelName::parse("Pay-Hooks").unwrap().as_str(),
+            "pay-hooks"
+        );
         assert_eq!(TunnelName::parse("a").unwrap().as_str(), "a");
         assert!(TunnelName::parse(&"a".repeat(63)).is_ok());
     }

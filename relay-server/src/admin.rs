@@ -1,0 +1,115 @@
+//! The admin endpoint: `/healthz` (process up), `/readyz` (accepting, not draining) and
+//! Prometheus `/metrics`. Bind it to a private address.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Relay;
+
+/// Serves admin requests on `listener` until `stop` fires.
+pub(crate) async fn serve(relay: Arc<Relay>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let relay = relay.clone();
+                    async move { Ok::<_, Infallible>(answer(&relay, req.uri().path())) }
+                });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn answer(relay: &Relay, path: &str) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" if relay.draining.is_cancelled() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
+        }
+        "/readyz" => (StatusCode::OK, "ready\n".to_owned()),
+        "/metrics" => (StatusCode::OK, render_metrics(relay)),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The metrics in Prometheus text format.
+pub fn render_metrics(relay: &Relay) -> String {
+    let m = relay.metrics();
+    let mut out = String::new();
+    let sessions = relay
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .len();
+    let _ = writeln!(
+        out,
+        "# HELP porthole_sessions Client sessions connected now."
+    );
+    let _ = writeln!(out, "# TYPE porthole_sessions gauge");
+    let _ = writeln!(out, "porthole_sessions {sessions}");
+    let _ = writeln!(out, "# HELP porthole_tunnels Tunnel names bound now.");
+    let _ = writeln!(out, "# TYPE porthole_tunnels gauge");
+    let _ = writeln!(out, "porthole_tunnels {}", relay.registry.len());
+    let _ = writeln!(
+        out,
+        "# HELP porthole_sessions_total Sessions accepted since start."
+    );
+    let _ = writeln!(out, "# TYPE porthole_sessions_total counter");
+    let _ = writeln!(
+        out,
+        "porthole_sessions_total {}",
+        m.sessions_total.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP porthole_auth_failures_total Refused client hellos."
+    );
+    let _ = writeln!(out, "# TYPE porthole_auth_failures_total counter");
+    let _ = writeln!(
+        out,
+        "porthole_auth_failures_total {}",
+        m.auth_failures.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP porthole_requests_total Visitor requests answered, by status class."
+    );
+    let _ = writeln!(out, "# TYPE porthole_requests_total counter");
+    for (class, c) in m.responses.iter().enumerate().skip(1) {
+        let _ = writeln!(
+            out,
+            "porthole_requests_total{{status=\"{class}xx\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP porthole_requests_in_flight Exchanges in flight now."
+    );
+    let _ = writeln!(out, "# TYPE porthole_requests_in_flight gauge");
+    let _ = writeln!(
+        out,
+        "porthole_requests_in_flight {}",
+        m.in_flight.load(Ordering::Relaxed)
+    );
+    out
+}

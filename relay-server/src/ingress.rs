@@ -1,0 +1,410 @@
+//! Visitor ingress: accepts HTTP/1.1 and HTTP/2 (cleartext or TLS), routes each request
+//! by Host to a tunnel, and carries it over its own QUIC data stream.
+//!
+//! Every failure becomes an exact status and a short plain-text answer: 404 no tunnel,
+//! 421 misdirected, 413 body too large, 502 tunnel or target unreachable, 504 target
+//! too slow. Bodies stream both ways with QUIC flow control as backpressure; nothing
+//! here collects a body.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use shared_proto::{codes, Header, RequestHead, ResponseHead, Scheme, StreamHead};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::headers::{match_host, normalize_host, set_forwarded, strip_hop_by_hop, HostMatch};
+use crate::quic::{
+    encode_head, pump_body, read_head, recv_body, GuardedSend, StreamError, TunnelBody,
+};
+use crate::Relay;
+
+/// What the relay knows about one visitor connection.
+#[derive(Debug, Clone)]
+struct VisitorConn {
+    peer: SocketAddr,
+    scheme: Scheme,
+    /// TLS server name the visitor asked for, if any.
+    sni: Option<String>,
+}
+
+/// Accepts visitor connections on `listener` until `stop` fires.
+pub(crate) async fn serve(
+    relay: Arc<Relay>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of
+                    // spinning.
+                    debug!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let relay = relay.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => {
+                    let v = VisitorConn {
+                        peer,
+                        scheme: Scheme::Http,
+                        sni: None,
+                    };
+                    serve_conn(relay, TokioIo::new(stream), v).await;
+                }
+                Some(acceptor) => {
+                    let timeout = relay.cfg.header_timeout;
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                    let v = VisitorConn {
+                        peer,
+                        scheme: Scheme::Https,
+                        sni,
+                    };
+                    serve_conn(relay, TokioIo::new(stream), v).await;
+                }
+            }
+        });
+    }
+}
+
+async fn serve_conn<I>(relay: Arc<Relay>, io: I, visitor: VisitorConn)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let visitor = Arc::new(visitor);
+    let svc_relay = relay.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let relay = svc_relay.clone();
+        let visitor = visitor.clone();
+        async move { Ok::<_, Infallible>(handle(relay, req, &visitor).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(relay.cfg.header_timeout)
+        .max_buf_size(relay.cfg.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(relay.cfg.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    if let Err(e) = builder.serve_connection(io, svc).await {
+        debug!("visitor connection: {e}");
+    }
+}
+
+fn text(status: StatusCode, kind: &'static str, msg: String) -> Response<TunnelBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(msg + "\n"))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        HeaderName::from_static("x-porthole-error"),
+        HeaderValue::from_static(kind),
+    );
+    resp
+}
+
+/// The host a request is addressed to, and whether its parts agree.
+fn request_host<B>(
+    req: &Request<B>,
+    visitor: &VisitorConn,
+) -> Result<String, Box<Response<TunnelBody>>> {
+    let header = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let host = match (header, authority) {
+        (Some(h), Some(a)) => {
+            if normalize_host(h) != normalize_host(a) {
+                return Err(Box::new(text(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "misdirected",
+                    format!(
+                        "porthole: the Host header ({h}) and the request target ({a}) disagree"
+                    ),
+                )));
+            }
+            h
+        }
+        (Some(h), None) => h,
+        (None, Some(a)) => a,
+        (None, None) => {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                "no-host",
+                "porthole: the request has no Host header".into(),
+            )))
+        }
+    };
+    if let Some(sni) = &visitor.sni {
+        if normalize_host(sni) != normalize_host(host) {
+            return Err(Box::new(text(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected",
+                format!("porthole: TLS server name {sni} does not match Host {host}"),
+            )));
+        }
+    }
+    Ok(host.to_owned())
+}
+
+async fn handle(
+    relay: Arc<Relay>,
+    req: Request<Incoming>,
+    visitor: &VisitorConn,
+) -> Response<TunnelBody> {
+    let resp = route(&relay, req, visitor).await;
+    relay.metrics.count_status(resp.status().as_u16());
+    resp
+}
+
+async fn route(
+    relay: &Arc<Relay>,
+    req: Request<Incoming>,
+    visitor: &VisitorConn,
+) -> Response<TunnelBody> {
+    let host = match request_host(&req, visitor) {
+        Ok(h) => h,
+        Err(resp) => return *resp,
+    };
+    let name = match match_host(&host, &relay.cfg.domain) {
+        HostMatch::Tunnel(n) => n,
+        HostMatch::Apex => {
+            return text(
+                StatusCode::OK,
+                "apex",
+                format!(
+                    "porthole relay for {d}: tunnels are served at NAME.{d}",
+                    d = relay.cfg.domain
+                ),
+            )
+        }
+        HostMatch::Foreign => {
+            relay.metrics.no_tunnel.fetch_add(1, Ordering::Relaxed);
+            return text(
+                StatusCode::NOT_FOUND,
+                "no-tunnel",
+                format!(
+                    "porthole: {} is not served by this relay (tunnels are NAME.{})",
+                    normalize_host(&host),
+                    relay.cfg.domain
+                ),
+            );
+        }
+    };
+    let Some(route) = relay.registry.lookup(&name) else {
+        relay.metrics.no_tunnel.fetch_add(1, Ordering::Relaxed);
+        return text(
+            StatusCode::NOT_FOUND,
+            "no-tunnel",
+            format!(
+                "porthole: no tunnel is online at {name}.{} (start one with `porthole http PORT --name {name}`)",
+                relay.cfg.domain
+            ),
+        );
+    };
+    if let (Some(max), Some(len)) = (relay.cfg.max_body_bytes, declared_length(req.headers())) {
+        if len > max {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!(
+                    "porthole: request body of {len} bytes exceeds this relay's limit of {max}"
+                ),
+            );
+        }
+    }
+
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarded(
+        &mut parts.headers,
+        visitor.peer.ip(),
+        visitor.scheme.as_str(),
+        &host,
+        &relay.cfg.trusted_proxies,
+    );
+    if !parts.headers.contains_key(HOST) {
+        // HTTP/2 visitors carry the host in :authority; HTTP/1.1 targets need Host.
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            parts.headers.insert(HOST, v);
+        }
+    }
+    let head = StreamHead::Http(RequestHead {
+        tunnel_id: route.tunnel_id,
+        exchange_id: relay.next_exchange_id(),
+        method: parts.method.as_str().to_owned(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into()),
+        headers: to_wire(&parts.headers),
+        visitor: Some(visitor.peer),
+        scheme: visitor.scheme,
+    });
+
+    relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight(relay.clone());
+    let timeout = relay.cfg.target_timeout;
+    match tokio::time::timeout(timeout, exchange(relay, &route.conn, head, body)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(ExchangeError::BodyTooLarge(max))) => text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("porthole: request body exceeds this relay's limit of {max} bytes"),
+        ),
+        Ok(Err(ExchangeError::Tunnel(e))) => {
+            debug!(tunnel = %name, "exchange failed: {e}");
+            text(
+                StatusCode::BAD_GATEWAY,
+                "tunnel-unreachable",
+                format!("porthole: the tunnel client for {name} did not answer ({e})"),
+            )
+        }
+        Err(_) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "target-timeout",
+            format!(
+                "porthole: the target behind {name} did not answer within {}",
+                humantime::format_duration(timeout)
+            ),
+        ),
+    }
+}
+
+struct InFlight(Arc<Relay>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("{0}")]
+    Tunnel(#[from] StreamError),
+    #[error("body over {0} bytes")]
+    BodyTooLarge(u64),
+}
+
+impl From<quinn::ConnectionError> for ExchangeError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        ExchangeError::Tunnel(StreamError::Read(quinn::ReadError::ConnectionLost(e)))
+    }
+}
+
+fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn to_wire(h: &HeaderMap) -> Vec<Header> {
+    h.iter()
+        .map(|(k, v)| Header::new(k.as_str(), v.as_bytes()))
+        .collect()
+}
+
+/// Carries one exchange over a new data stream and answers the response, whose body
+/// streams from the tunnel as the visitor reads it.
+async fn exchange(
+    relay: &Arc<Relay>,
+    conn: &quinn::Connection,
+    head: StreamHead,
+    body: Incoming,
+) -> Result<Response<TunnelBody>, ExchangeError> {
+    let (send, mut recv) = conn.open_bi().await?;
+    let mut send = GuardedSend::new(send);
+    send.write(encode_head(&head)?).await?;
+
+    // The request body is pumped concurrently with waiting for the response head: a
+    // target may answer (say 413 or 401) before it has read the whole body.
+    let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<ExchangeError>();
+    if body.is_end_stream() {
+        send.finish();
+        drop(err_tx);
+    } else {
+        let max = relay.cfg.max_body_bytes;
+        tokio::spawn(async move {
+            let result = match max {
+                Some(max) => pump_body(Limited::new(body, max as usize), send)
+                    .await
+                    .map_err(|e| match e {
+                        StreamError::Body(m) if m.contains("length limit") => {
+                            ExchangeError::BodyTooLarge(max)
+                        }
+                        e => ExchangeError::Tunnel(e),
+                    }),
+                None => pump_body(body, send).await.map_err(ExchangeError::Tunnel),
+            };
+            if let Err(e) = result {
+                let _ = err_tx.send(e);
+            }
+        });
+    }
+
+    let (resp_head, first) = tokio::select! {
+        biased;
+        r = read_head::<ResponseHead>(&mut recv) => r?,
+        Ok(e @ ExchangeError::BodyTooLarge(_)) = &mut err_rx => {
+            let _ = recv.stop(quinn::VarInt::from_u32(codes::RESET_CANCELLED));
+            return Err(e);
+        }
+    };
+
+    let status = StatusCode::from_u16(resp_head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut builder = Response::builder().status(status);
+    if let Some(h) = builder.headers_mut() {
+        h.reserve(resp_head.headers.len());
+        for Header { name, value } in resp_head.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(&value),
+            ) {
+                h.append(n, v);
+            }
+        }
+        strip_hop_by_hop(h);
+    }
+    builder
+        .body(recv_body(first, recv))
+        .map_err(|e| ExchangeError::Tunnel(StreamError::Body(e.to_string())))
+}

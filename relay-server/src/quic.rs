@@ -1,0 +1,326 @@
+//! QUIC plumbing shared by the relay and the client: transport tuning, endpoint
+//! sockets, and data-stream I/O (head frames, streamed bodies, reset-on-drop).
+//!
+//! This module moves bytes; it knows nothing of tunnels, tokens or HTTP semantics.
+//! Body bytes travel as `Bytes` chunks end to end (`read_chunk` / `write_chunk`), so a
+//! body is never copied or collected here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+use http_body::Frame as BodyFrame;
+use http_body_util::{BodyExt, StreamBody};
+use quinn::{RecvStream, SendStream, VarInt};
+use shared_proto::{codes, DecodeError, Frame};
+
+/// Errors reading or writing a data stream.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The peer sent bytes that are not a valid frame.
+    #[error("peer sent an invalid frame: {0}")]
+    Invalid(#[from] shared_proto::Invalid),
+    /// The stream ended before a whole head frame arrived.
+    #[error("stream ended before its head frame")]
+    Truncated,
+    /// Reading failed (reset, connection lost).
+    #[error("reading stream: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// Writing failed (stopped, connection lost).
+    #[error("writing stream: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// A message could not be encoded (a field over a protocol limit).
+    #[error("encoding frame: {0}")]
+    Encode(#[from] shared_proto::EncodeError),
+    /// A body carried by a stream failed.
+    #[error("body: {0}")]
+    Body(String),
+}
+
+/// How the QUIC transport is tuned. Both sides use the same numbers so that the limits
+/// are symmetric and documented in one place.
+#[derive(Debug, Clone)]
+pub struct TransportTuning {
+    /// Concurrent data streams the peer may open (quinn's default of 100 would cap a
+    /// tunnel at 100 in-flight requests).
+    pub max_streams: u32,
+    /// Per-stream receive window: enough for bulk transfers to fill the pipe.
+    pub stream_window: u32,
+    /// Per-connection receive window, shared by all streams.
+    pub connection_window: u32,
+    /// Session closes after this long without any packet from the peer.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval (sent when idle), keeping NAT mappings and liveness fresh.
+    pub keep_alive: Duration,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        Self {
+            max_streams: 10_000,
+            stream_window: 4 * 1024 * 1024,
+            connection_window: 32 * 1024 * 1024,
+            // A client that vanishes (killed, lid shut) is noticed within this bound,
+            // so its visitors get a 502 quickly instead of a hang.
+            idle_timeout: Duration::from_secs(4),
+            keep_alive: Duration::from_millis(1000),
+        }
+    }
+}
+
+impl TransportTuning {
+    /// The quinn transport configuration for these numbers.
+    pub fn transport_config(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .stream_receive_window(VarInt::from_u32(self.stream_window))
+            .receive_window(VarInt::from_u32(self.connection_window))
+            .send_window(u64::from(self.connection_window))
+            .keep_alive_interval(Some(self.keep_alive))
+            .datagram_receive_buffer_size(None);
+        // The idle timeout fits quinn's VarInt range (checked in tests for the default).
+        if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
+            t.max_idle_timeout(Some(idle));
+        }
+        t
+    }
+}
+
+/// A UDP socket for a QUIC endpoint with large kernel buffers, so bursts of packets are
+/// not dropped before quinn reads them. Failing to enlarge the buffers is not an error.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Best effort: dual-stack where the OS allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(8 * 1024 * 1024);
+    let _ = socket.set_send_buffer_size(8 * 1024 * 1024);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Reads one head frame from the front of a stream. Answers the message and whatever
+/// body bytes arrived in the same chunks after it.
+pub async fn read_head<T: Frame>(recv: &mut RecvStream) -> Result<(T, Bytes), StreamError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match T::decode(&buf) {
+            Ok((msg, used)) => {
+                let rest = buf.split_off(used).freeze();
+                return Ok((msg, rest));
+            }
+            Err(DecodeError::Invalid(e)) => return Err(e.into()),
+            Err(DecodeError::Incomplete) => {}
+        }
+        match recv.read_chunk(usize::MAX, true).await? {
+            Some(chunk) => {
+                if buf.is_empty() {
+                    // Common case: the whole frame is in the first chunk; the split
+                    // above is then a cheap refcount operation.
+                    buf = BytesMut::from(chunk.bytes);
+                } else {
+                    buf.extend_from_slice(&chunk.bytes);
+                }
+            }
+            None => return Err(StreamError::Truncated),
+        }
+    }
+}
+
+/// Reads a sequence of frames from one stream (the control stream).
+#[derive(Debug)]
+pub struct FrameReader {
+    recv: RecvStream,
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    /// Reads frames from `recv`.
+    pub fn new(recv: RecvStream) -> Self {
+        Self {
+            recv,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the peer finished the stream cleanly between
+    /// frames. Cancel-safe: bytes read so far stay buffered.
+    pub async fn next<T: Frame>(&mut self) -> Result<Option<T>, StreamError> {
+        loop {
+            match T::decode(&self.buf) {
+                Ok((msg, used)) => {
+                    let _ = self.buf.split_to(used);
+                    return Ok(Some(msg));
+                }
+                Err(DecodeError::Invalid(e)) => return Err(e.into()),
+                Err(DecodeError::Incomplete) => {}
+            }
+            match self.recv.read_chunk(usize::MAX, true).await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(StreamError::Truncated),
+            }
+        }
+    }
+}
+
+/// Encodes a head frame into one chunk, ready for `write_chunk`.
+pub fn encode_head<T: Frame>(msg: &T) -> Result<Bytes, StreamError> {
+    let mut buf = BytesMut::with_capacity(256);
+    msg.encode(&mut buf)?;
+    Ok(buf.freeze())
+}
+
+/// A boxed body whose errors are strings, used for bodies crossing the tunnel.
+pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, StreamError>;
+
+/// A body that yields `first` (bytes read along with the head frame) and then the rest of
+/// the stream until FIN. A reset or lost connection surfaces as a body error, so hyper
+/// aborts the message instead of presenting a truncated one as complete.
+pub fn recv_body(first: Bytes, recv: RecvStream) -> TunnelBody {
+    let state = (Some(first), Some(recv));
+    let s = stream::unfold(state, |(mut first, mut recv)| async move {
+        if let Some(b) = first.take() {
+            if !b.is_empty() {
+                return Some((Ok(BodyFrame::data(b)), (None, recv)));
+            }
+        }
+        let r = recv.as_mut()?;
+        match r.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => Some((Ok(BodyFrame::data(chunk.bytes)), (None, recv))),
+            Ok(None) => None,
+            Err(e) => Some((Err(StreamError::Read(e)), (None, None))),
+        }
+    });
+    StreamBody::new(s).boxed_unsync()
+}
+
+/// A send stream that is reset (not silently finished) if dropped before
+/// [`GuardedSend::finish`]: quinn finishes a dropped stream cleanly, which would present
+/// a truncated body to the peer as complete.
+#[derive(Debug)]
+pub struct GuardedSend {
+    inner: Option<SendStream>,
+}
+
+impl GuardedSend {
+    /// Guards `send`.
+    pub fn new(send: SendStream) -> Self {
+        Self { inner: Some(send) }
+    }
+
+    /// The guarded stream.
+    pub fn stream(&mut self) -> &mut SendStream {
+        // The option is only emptied by `finish`/`reset`, which consume `self`.
+        self.inner
+            .as_mut()
+            .expect("stream present until finish or reset")
+    }
+
+    /// Writes one chunk.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StreamError> {
+        Ok(self.stream().write_chunk(chunk).await?)
+    }
+
+    /// Finishes the stream: the peer sees a clean end.
+    pub fn finish(mut self) {
+        if let Some(mut s) = self.inner.take() {
+            let _ = s.finish();
+        }
+    }
+
+    /// Resets the stream with `code`.
+    pub fn reset(mut self, code: u32) {
+        if let Some(mut s) = self.inner.take() {
+            let _ = s.reset(VarInt::from_u32(code));
+        }
+    }
+}
+
+impl Drop for GuardedSend {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.inner.take() {
+            let _ = s.reset(VarInt::from_u32(codes::RESET_CANCELLED));
+        }
+    }
+}
+
+/// Copies a body into a send stream chunk by chunk, with backpressure from QUIC flow
+/// control, then finishes it. On any failure the stream is reset. Answers the bytes
+/// carried.
+pub async fn pump_body<B>(body: B, send: GuardedSend) -> Result<u64, StreamError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    pump_body_observed(body, send, |_| {}).await
+}
+
+/// [`pump_body`], showing each chunk to `observe` before it is sent (for capture).
+pub async fn pump_body_observed<B>(
+    body: B,
+    mut send: GuardedSend,
+    mut observe: impl FnMut(&Bytes),
+) -> Result<u64, StreamError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut total = 0u64;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    total += data.len() as u64;
+                    observe(&data);
+                    if let Err(e) = send.write(data).await {
+                        send.reset(codes::RESET_FAILED);
+                        return Err(e);
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                send.reset(codes::RESET_FAILED);
+                return Err(StreamError::Body(e.to_string()));
+            }
+        }
+    }
+    send.finish();
+    Ok(total)
+}
+
+/// The rustls-backed QUIC server configuration for the relay's identity.
+pub fn server_config(
+    tls: rustls::ServerConfig,
+    tuning: &TransportTuning,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(tuning.transport_config()));
+    // Clients may roam (new address, same connection): accept migration.
+    cfg.migration(true);
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_tuning_builds_a_transport() {
+        let t = TransportTuning::default();
+        assert!(quinn::IdleTimeout::try_from(t.idle_timeout).is_ok());
+        let _ = t.transport_config();
+    }
+}

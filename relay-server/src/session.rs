@@ -1,0 +1,430 @@
+//! Client sessions: accepting QUIC connections, the control stream (hello, auth,
+//! binds, goaway), and cleanup when a session ends or its token is revoked.
+//!
+//! A session never touches visitor traffic; [`crate::ingress`] opens data streams on the
+//! connection that the registry names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::VarInt;
+use shared_proto::{
+    check_version, codes, ClientMessage, ErrorCode, ServerMessage, TunnelKind, TunnelName,
+    PROTOCOL_VERSION,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::quic::{encode_head, FrameReader, StreamError};
+use crate::registry::{Route, SessionId};
+use crate::tokens::{Reservation, TokenName};
+use crate::{Relay, SessionEntry};
+
+/// Deadline for the QUIC handshake and the hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most tunnels one session may hold.
+const MAX_TUNNELS_PER_SESSION: usize = 64;
+
+/// Accepts client connections until `stop` fires.
+pub(crate) async fn accept_loop(
+    relay: Arc<Relay>,
+    endpoint: quinn::Endpoint,
+    stop: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    debug!(%remote, "handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%remote, "handshake timed out");
+                    return;
+                }
+            };
+            let id = relay.next_session_id();
+            let span = tracing::info_span!("session", id = %id, %remote);
+            run_session(relay, conn, id).instrument(span).await;
+        });
+    }
+}
+
+/// Closes the sessions of revoked tokens, checking the token file every second.
+pub(crate) async fn watch_revocations(relay: Arc<Relay>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match relay.tokens.refresh() {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!("reading tokens: {e}");
+                continue;
+            }
+        }
+        let revoked: Vec<(SessionId, SessionEntry)> = relay
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, e)| !relay.tokens.exists(&e.token))
+            .map(|(id, e)| (*id, e.clone()))
+            .collect();
+        for (id, e) in revoked {
+            info!(session = %id, token = %e.token, "token revoked: closing session");
+            e.conn.close(
+                VarInt::from_u32(codes::CLOSE_REVOKED),
+                b"the token of this session was revoked",
+            );
+        }
+    }
+}
+
+struct Control {
+    send: quinn::SendStream,
+    recv: FrameReader,
+}
+
+impl Control {
+    async fn send(&mut self, msg: &ServerMessage) -> Result<(), StreamError> {
+        let bytes = encode_head(msg)?;
+        self.send.write_chunk(bytes).await?;
+        Ok(())
+    }
+}
+
+/// Refuses a hello: tells the client why, then closes once it has read the answer (or
+/// after a short grace period).
+async fn refuse(conn: &quinn::Connection, mut ctrl: Control, code: ErrorCode, message: String) {
+    let _ = ctrl
+        .send(&ServerMessage::Refused {
+            code,
+            message: message.clone(),
+        })
+        .await;
+    let _ = ctrl.send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(3), conn.closed()).await;
+    conn.close(VarInt::from_u32(codes::CLOSE_REFUSED), message.as_bytes());
+}
+
+async fn run_session(relay: Arc<Relay>, conn: quinn::Connection, id: SessionId) {
+    let (send, recv) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            conn.close(
+                VarInt::from_u32(codes::CLOSE_PROTOCOL),
+                b"no control stream",
+            );
+            return;
+        }
+    };
+    let mut ctrl = Control {
+        send,
+        recv: FrameReader::new(recv),
+    };
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, ctrl.recv.next::<ClientMessage>()).await;
+    let (version, token, agent) = match hello {
+        Ok(Ok(Some(ClientMessage::Hello {
+            version,
+            token,
+            agent,
+        }))) => (version, token, agent),
+        Ok(Err(StreamError::Invalid(e))) => {
+            // The version is the first field of every hello; a frame we cannot parse
+            // from a client that announced another version is a version problem.
+            debug!("bad hello: {e}");
+            conn.close(VarInt::from_u32(codes::CLOSE_PROTOCOL), b"malformed hello");
+            return;
+        }
+        _ => {
+            conn.close(VarInt::from_u32(codes::CLOSE_PROTOCOL), b"expected hello");
+            return;
+        }
+    };
+    if let Err(e) = check_version(version, PROTOCOL_VERSION) {
+        relay
+            .metrics
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(%agent, "refused: {e}");
+        refuse(&conn, ctrl, ErrorCode::VersionMismatch, e.to_string()).await;
+        return;
+    }
+    let token_name = match relay.tokens.authenticate(&token) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            relay
+                .metrics
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(%agent, "refused: unknown or revoked token");
+            refuse(
+                &conn,
+                ctrl,
+                ErrorCode::Unauthorized,
+                "the relay does not know this token (check --token or PORTHOLE_TOKEN; it may have been revoked)".into(),
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            warn!("token store: {e}");
+            refuse(
+                &conn,
+                ctrl,
+                ErrorCode::Other(500),
+                "relay token store failed".into(),
+            )
+            .await;
+            return;
+        }
+    };
+    drop(token);
+    if relay.draining.is_cancelled() {
+        refuse(
+            &conn,
+            ctrl,
+            ErrorCode::Draining,
+            "relay is shutting down".into(),
+        )
+        .await;
+        return;
+    }
+    let goaway = CancellationToken::new();
+    relay
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            id,
+            SessionEntry {
+                token: token_name.clone(),
+                conn: conn.clone(),
+                goaway: goaway.clone(),
+            },
+        );
+    relay
+        .metrics
+        .sessions_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    info!(token = %token_name, %agent, "session open");
+
+    let mut bound: Vec<TunnelName> = Vec::new();
+    let result = serve_control(
+        &relay,
+        &conn,
+        id,
+        &token_name,
+        &mut ctrl,
+        &mut bound,
+        &goaway,
+    )
+    .await;
+    match result {
+        Ok(()) => {}
+        Err(e) => debug!("control stream ended: {e}"),
+    }
+    for name in &bound {
+        relay.registry.release(name, id);
+    }
+    relay
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    info!(reason = %conn.close_reason().map(|r| r.to_string()).unwrap_or_default(), "session closed");
+}
+
+async fn serve_control(
+    relay: &Arc<Relay>,
+    conn: &quinn::Connection,
+    id: SessionId,
+    token: &TokenName,
+    ctrl: &mut Control,
+    bound: &mut Vec<TunnelName>,
+    goaway: &CancellationToken,
+) -> Result<(), StreamError> {
+    ctrl.send(&ServerMessage::Welcome {
+        version: PROTOCOL_VERSION,
+        session_id: id.0,
+    })
+    .await?;
+    let mut told_goaway = false;
+    loop {
+        let msg = tokio::select! {
+            m = ctrl.recv.next::<ClientMessage>() => m,
+            _ = conn.closed() => return Ok(()),
+            _ = goaway.cancelled(), if !told_goaway => {
+                told_goaway = true;
+                ctrl.send(&ServerMessage::GoAway { reason: "relay is shutting down".into() }).await?;
+                continue;
+            }
+        };
+        match msg? {
+            None => {
+                // The client finished its control stream: it is leaving. Free its names
+                // at once (new visitors get a clear 404), and let its in-flight
+                // exchanges finish before it closes the connection.
+                for name in bound.drain(..) {
+                    relay.registry.release(&name, id);
+                }
+                let _ = tokio::time::timeout(crate::DRAIN_TIMEOUT, conn.closed()).await;
+                conn.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"bye");
+                return Ok(());
+            }
+            Some(ClientMessage::Bind {
+                name,
+                kind,
+                reserve,
+            }) => {
+                let answer = bind(relay, conn, id, token, bound, name, kind, reserve);
+                ctrl.send(&answer).await?;
+            }
+            Some(ClientMessage::Hello { .. }) => {
+                conn.close(VarInt::from_u32(codes::CLOSE_PROTOCOL), b"second hello");
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bind(
+    relay: &Arc<Relay>,
+    conn: &quinn::Connection,
+    id: SessionId,
+    token: &TokenName,
+    bound: &mut Vec<TunnelName>,
+    name: Option<String>,
+    kind: TunnelKind,
+    reserve: bool,
+) -> ServerMessage {
+    let refused = |code, message: String| ServerMessage::BindRefused { code, message };
+    if kind != TunnelKind::Http {
+        return refused(
+            ErrorCode::Other(501),
+            "this relay does not offer TCP tunnels yet".into(),
+        );
+    }
+    if bound.len() >= MAX_TUNNELS_PER_SESSION {
+        return refused(
+            ErrorCode::LimitExceeded,
+            format!("a session may hold at most {MAX_TUNNELS_PER_SESSION} tunnels"),
+        );
+    }
+    if relay.draining.is_cancelled() {
+        return refused(ErrorCode::Draining, "relay is shutting down".into());
+    }
+    // Tunnel ids are indexes into this session's list, starting at 1.
+    let tunnel_id = bound.len() as u32 + 1;
+    let route = Route {
+        session: id,
+        token: token.clone(),
+        tunnel_id,
+        conn: conn.clone(),
+    };
+    let name = match name {
+        Some(n) => {
+            let name = match TunnelName::parse(&n) {
+                Ok(n) => n,
+                Err(e) => return refused(ErrorCode::NameInvalid, format!("{n:?}: {e}")),
+            };
+            let reservation = if reserve {
+                relay.tokens.reserve(&name, token)
+            } else {
+                relay.tokens.reserved_by(&name).map(|holder| match holder {
+                    Some(h) if &h != token => Reservation::HeldBy(h),
+                    _ => Reservation::Granted,
+                })
+            };
+            match reservation {
+                Ok(Reservation::Granted) => {}
+                Ok(Reservation::HeldBy(_)) => {
+                    return refused(
+                        ErrorCode::NameTaken,
+                        format!("the name {name} is reserved by another token"),
+                    )
+                }
+                Err(e) => {
+                    warn!("reservation store: {e}");
+                    return refused(
+                        ErrorCode::Other(500),
+                        "relay reservation store failed".into(),
+                    );
+                }
+            }
+            match relay.registry.bind(&name, route) {
+                Ok(old) => {
+                    if let Some(old) = old.filter(|o| o.session != id) {
+                        info!(%name, old_session = %old.session, "same token reconnected: name taken over");
+                        close_if_empty(relay, old.session);
+                    }
+                    name
+                }
+                Err(e) => return refused(ErrorCode::NameTaken, e.to_string()),
+            }
+        }
+        None => {
+            let mut chosen = None;
+            for _ in 0..16 {
+                let Ok(candidate) = TunnelName::parse(&crate::names::random_name()) else {
+                    continue;
+                };
+                if !matches!(relay.tokens.reserved_by(&candidate), Ok(None)) {
+                    continue;
+                }
+                if relay.registry.lookup(candidate.as_str()).is_some() {
+                    continue;
+                }
+                if relay.registry.bind(&candidate, route.clone()).is_ok() {
+                    chosen = Some(candidate);
+                    break;
+                }
+            }
+            match chosen {
+                Some(n) => n,
+                None => return refused(ErrorCode::Other(500), "could not find a free name".into()),
+            }
+        }
+    };
+    info!(%name, tunnel_id, "tunnel bound");
+    let url = relay.public_url(name.as_str());
+    bound.push(name.clone());
+    ServerMessage::Bound {
+        tunnel_id,
+        name: name.to_string(),
+        url,
+    }
+}
+
+/// Closes a session that a newer session of the same token has replaced, once it holds
+/// no name any more (it may hold other tunnels that nobody took over).
+fn close_if_empty(relay: &Arc<Relay>, session: SessionId) {
+    let entry = relay
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&session)
+        .cloned();
+    let Some(entry) = entry else { return };
+    if !relay.registry.holds_session(session) {
+        entry.conn.close(
+            VarInt::from_u32(codes::CLOSE_REPLACED),
+            b"replaced by a newer session of the same token",
+        );
+    }
+}

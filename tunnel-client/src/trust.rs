@@ -1,0 +1,181 @@
+//! How the client trusts a relay: by pin (`sha256:<hex>` of the certificate's public
+//! key), by a CA file, or by the system's roots. Every mode verifies the handshake
+//! signature, so a relay must hold the private key it claims; there is no
+//! skip-verification mode.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// How to trust the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The relay's SPKI must hash to this pin.
+    Pin(String),
+    /// The relay's chain must lead to a certificate in this PEM file.
+    CaFile(PathBuf),
+    /// The relay's chain must lead to a well-known public root.
+    SystemRoots,
+}
+
+/// Normalises and checks a pin: `sha256:` and 64 hex digits (case-insensitive; the
+/// prefix may be omitted).
+pub fn parse_pin(s: &str) -> anyhow::Result<String> {
+    let hex_part = s.trim().strip_prefix("sha256:").unwrap_or(s.trim());
+    if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("a relay pin looks like sha256:<64 hex digits> (from `porthole-relay fingerprint`), got {s:?}");
+    }
+    Ok(format!("sha256:{}", hex_part.to_ascii_lowercase()))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls client configuration for `trust`, with the Porthole ALPN.
+pub fn client_config(trust: &Trust) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut cfg = match trust {
+        Trust::Pin(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pin: parse_pin(pin)?,
+                algorithms: provider.signature_verification_algorithms,
+            }))
+            .with_no_client_auth(),
+        Trust::CaFile(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading relay CA file {}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert = cert.with_context(|| format!("parsing {}", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("adding CA from {}", path.display()))?;
+            }
+            if roots.is_empty() {
+                bail!("no certificate found in {}", path.display());
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::SystemRoots => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    cfg.alpn_protocols = vec![shared_proto::ALPN.to_vec()];
+    Ok(cfg)
+}
+
+/// Accepts exactly the relay whose public key hashes to the pin, and checks that the
+/// handshake was signed by that key.
+#[derive(Debug)]
+struct PinVerifier {
+    pin: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = relay_server::tls::spki_pin(end_entity)
+            .map_err(|e| rustls::Error::General(format!("relay certificate: {e}")))?;
+        if got == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the relay's certificate pin is {got}, not the expected {}: refusing to connect (wrong relay, or its key changed)",
+                self.pin
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Whether a connection error is a certificate/trust failure (not worth retrying).
+pub fn is_trust_error(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::TransportError(t) => {
+            let s = t.to_string();
+            s.contains("pin") || s.contains("certificate") || s.contains("UnknownIssuer")
+        }
+        _ => false,
+    }
+}
+
+/// Explains a connection error in one sentence.
+pub fn explain(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::TimedOut => {
+            "no answer from the relay (is the address right, and is its UDP port open?)".into()
+        }
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            if reason.is_empty() {
+                format!("the relay closed the session (code {})", c.error_code)
+            } else {
+                format!("the relay closed the session: {reason}")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_normalised_and_checked() {
+        let hex = "AB".repeat(32);
+        assert_eq!(
+            parse_pin(&format!("sha256:{hex}")).unwrap(),
+            format!("sha256:{}", "ab".repeat(32))
+        );
+        assert!(parse_pin(&hex).is_ok());
+        assert!(parse_pin("sha256:abc").is_err());
+        assert!(parse_pin(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn every_mode_builds() {
+        client_config(&Trust::Pin(format!("sha256:{}", "0".repeat(64)))).unwrap();
+        client_config(&Trust::SystemRoots).unwrap();
+        assert!(client_config(&Trust::CaFile("/nonexistent.pem".into())).is_err());
+    }
+}
