@@ -267,6 +267,7 @@ async fn run(args: Args) -> Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         config: serde_json::to_value(&cfg)?,
+        loadavg: [report::loadavg(), f64::NAN],
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -427,6 +428,7 @@ async fn run(args: Args) -> Result<()> {
     report::summarize(&mut reports);
     report.paths = reports;
     report.wall_secs = started.elapsed().as_secs_f64();
+    report.loadavg[1] = report::loadavg();
 
     println!("\n{}", report::table(&report));
     let out = args

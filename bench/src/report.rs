@@ -94,6 +94,9 @@ pub struct Report {
     pub config: serde_json::Value,
     /// Online CPUs.
     pub cpus: usize,
+    /// 1-minute load average at the start and at the end of the run (other users of the
+    /// machine make absolute figures drift; only same-run ratios are comparable).
+    pub loadavg: [f64; 2],
     /// One entry per path, direct first.
     pub paths: Vec<PathReport>,
     /// Client RSS with the inspector on, KiB (after one request), if measured.
@@ -102,6 +105,14 @@ pub struct Report {
     pub time_to_url: Option<TimeToUrl>,
     /// Things that were skipped or looked off.
     pub notes: Vec<String>,
+}
+
+/// The 1-minute load average, or NaN if unreadable.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Median of the values (NaN-free); `None` if empty.
@@ -312,6 +323,11 @@ pub fn table(r: &Report) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "machine: {} CPUs, load average {:.1} at start, {:.1} at end; wall time {:.0} s",
+        r.cpus, r.loadavg[0], r.loadavg[1], r.wall_secs
+    );
     for n in &r.notes {
         let _ = writeln!(out, "note: {n}");
     }
