@@ -98,7 +98,7 @@ pub struct ServeArgs {
     /// Peers (CIDR) whose X-Forwarded-* headers are trusted and extended.
     #[arg(long, value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<IpNet>>,
-    /// A client silent for this long is considered gone [default: 4s].
+    /// A client silent for this long is considered gone [default: 3s].
     #[arg(long, value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
 }
@@ -219,7 +219,7 @@ impl RelayConfig {
             max_header_bytes: 64 * 1024,
             max_body_bytes: None,
             trusted_proxies: Vec::new(),
-            idle_timeout: Duration::from_secs(4),
+            idle_timeout: Duration::from_secs(3),
         }
     }
 

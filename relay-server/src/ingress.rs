@@ -283,10 +283,20 @@ async fn route(
     });
 
     relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    let _in_flight = InFlight(relay.clone());
+    let in_flight = InFlight(relay.clone());
     let timeout = relay.cfg.target_timeout;
     match tokio::time::timeout(timeout, exchange(relay, &route.conn, head, body)).await {
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(resp)) => {
+            // The exchange stays in flight until its response body has been carried
+            // (or dropped), so a drain waits for bodies too, not just heads.
+            resp.map(|body| {
+                body.map_frame(move |f| {
+                    let _ = &in_flight;
+                    f
+                })
+                .boxed_unsync()
+            })
+        }
         Ok(Err(ExchangeError::BodyTooLarge(max))) => text(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body-too-large",

@@ -64,8 +64,10 @@ impl Default for TransportTuning {
             connection_window: 32 * 1024 * 1024,
             // A client that vanishes (killed, lid shut) is noticed within this bound,
             // so its visitors get a 502 quickly instead of a hang.
-            idle_timeout: Duration::from_secs(4),
-            keep_alive: Duration::from_millis(1000),
+            // QUIC restarts the idle timer when it sends after receiving, so the
+            // bound seen by a visitor is about idle_timeout + keep_alive: under 5 s.
+            idle_timeout: Duration::from_secs(3),
+            keep_alive: Duration::from_millis(750),
         }
     }
 }
@@ -235,6 +237,16 @@ impl GuardedSend {
         }
     }
 
+    /// Finishes the stream and waits (at most `limit`) until the peer has acknowledged
+    /// every byte: closing a connection right after `finish` would discard data still
+    /// in flight, so a draining side waits here first.
+    pub async fn finish_delivered(mut self, limit: std::time::Duration) {
+        if let Some(mut s) = self.inner.take() {
+            let _ = s.finish();
+            let _ = tokio::time::timeout(limit, s.stopped()).await;
+        }
+    }
+
     /// Resets the stream with `code`.
     pub fn reset(mut self, code: u32) {
         if let Some(mut s) = self.inner.take() {
@@ -259,15 +271,19 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    pump_body_observed(body, send, |_| {}).await
+    let (total, send) = pump_body_observed(body, send, |_| {}).await?;
+    send.finish();
+    Ok(total)
 }
 
-/// [`pump_body`], showing each chunk to `observe` before it is sent (for capture).
+/// Copies a body like [`pump_body`], showing each chunk to `observe` before it is sent
+/// (for capture), and hands the stream back unfinished so the caller chooses how to
+/// finish it.
 pub async fn pump_body_observed<B>(
     body: B,
     mut send: GuardedSend,
     mut observe: impl FnMut(&Bytes),
-) -> Result<u64, StreamError>
+) -> Result<(u64, GuardedSend), StreamError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -296,8 +312,7 @@ where
             }
         }
     }
-    send.finish();
-    Ok(total)
+    Ok((total, send))
 }
 
 /// The rustls-backed QUIC server configuration for the relay's identity.

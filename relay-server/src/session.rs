@@ -10,7 +10,7 @@ use std::time::Duration;
 use quinn::VarInt;
 use shared_proto::{
     check_version, codes, ClientMessage, ErrorCode, ServerMessage, TunnelKind, TunnelName,
-    PROTOCOL_VERSION,
+    TunnelOption, PROTOCOL_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -290,8 +290,9 @@ async fn serve_control(
                 name,
                 kind,
                 reserve,
+                options,
             }) => {
-                let answer = bind(relay, conn, id, token, bound, name, kind, reserve);
+                let answer = bind(relay, conn, id, token, bound, name, kind, reserve, &options);
                 ctrl.send(&answer).await?;
             }
             Some(ClientMessage::Hello { .. }) => {
@@ -312,8 +313,21 @@ fn bind(
     name: Option<String>,
     kind: TunnelKind,
     reserve: bool,
+    options: &[TunnelOption],
 ) -> ServerMessage {
     let refused = |code, message: String| ServerMessage::BindRefused { code, message };
+    if let Some(o) = options
+        .iter()
+        .find(|o| o.is_critical() && !shared_proto::options::is_known(o.tag))
+    {
+        return refused(
+            ErrorCode::Other(501),
+            format!(
+                "this relay does not support tunnel option {:#06x}: upgrade the relay (porthole-relay)",
+                o.tag
+            ),
+        );
+    }
     if kind != TunnelKind::Http {
         return refused(
             ErrorCode::Other(501),

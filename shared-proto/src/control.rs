@@ -10,7 +10,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::codec::{put_blob, put_opt_string, put_string, EncodeError, Frame, Invalid, Reader};
-use crate::limits::MAX_TOKEN_LEN;
+use crate::limits::{MAX_STRING_LEN, MAX_TOKEN_LEN};
 use crate::secret::Secret;
 
 const TAG_HELLO: u8 = 0x01;
@@ -105,6 +105,40 @@ impl ErrorCode {
     }
 }
 
+/// One per-tunnel option carried in a bind, as a tag and an opaque value, so features
+/// (edge policy, delivery mode, TCP ports…) add options without changing the bind
+/// frame. A tag with [`TunnelOption::CRITICAL`] set must be understood: a relay that
+/// does not know it refuses the bind instead of silently ignoring, say, a policy it
+/// was asked to enforce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelOption {
+    /// What the option is; the high bit marks it critical.
+    pub tag: u16,
+    /// The option's encoded value (its format belongs to the feature that owns it).
+    pub value: Vec<u8>,
+}
+
+impl TunnelOption {
+    /// Bit that marks an option the relay must understand.
+    pub const CRITICAL: u16 = 0x8000;
+
+    /// An option.
+    pub fn new(tag: u16, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            tag,
+            value: value.into(),
+        }
+    }
+
+    /// Whether a relay that does not know this option must refuse the bind.
+    pub fn is_critical(&self) -> bool {
+        self.tag & Self::CRITICAL != 0
+    }
+}
+
+/// Most options one bind may carry.
+pub const MAX_TUNNEL_OPTIONS: usize = 64;
+
 /// Messages the client sends on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMessage {
@@ -127,6 +161,8 @@ pub enum ClientMessage {
         /// Reserve the name for this token, persistently (`--name`). A client taking
         /// back a random name after a reconnect asks without reserving.
         reserve: bool,
+        /// Per-tunnel options (policy, delivery mode, …).
+        options: Vec<TunnelOption>,
     },
 }
 
@@ -187,11 +223,22 @@ impl Frame for ClientMessage {
                 name,
                 kind,
                 reserve,
+                options,
             } => {
                 dst.put_u8(TAG_BIND);
                 dst.put_u8(kind.to_u8());
                 dst.put_u8(u8::from(*reserve));
-                put_opt_string(dst, name.as_deref(), "name")
+                put_opt_string(dst, name.as_deref(), "name")?;
+                if options.len() > MAX_TUNNEL_OPTIONS {
+                    return Err(EncodeError::TooLarge("tunnel options"));
+                }
+                // The count fits: MAX_TUNNEL_OPTIONS is below u16::MAX.
+                dst.put_u16(options.len() as u16);
+                for o in options {
+                    dst.put_u16(o.tag);
+                    put_blob(dst, &o.value, MAX_STRING_LEN, "tunnel option")?;
+                }
+                Ok(())
             }
         }
     }
@@ -214,10 +261,22 @@ impl Frame for ClientMessage {
                     1 => true,
                     _ => return Err(Invalid::BadValue("reserve")),
                 };
+                let name = r.opt_string("name")?;
+                let count = r.u16("option count")? as usize;
+                if count > MAX_TUNNEL_OPTIONS {
+                    return Err(Invalid::BadValue("option count"));
+                }
+                let mut options = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let tag = r.u16("option tag")?;
+                    let value = r.blob(MAX_STRING_LEN, "tunnel option")?.to_vec();
+                    options.push(TunnelOption { tag, value });
+                }
                 Ok(ClientMessage::Bind {
                     kind,
                     reserve,
-                    name: r.opt_string("name")?,
+                    name,
+                    options,
                 })
             }
             tag => Err(Invalid::UnknownTag(tag)),
@@ -348,16 +407,18 @@ mod tests {
                 name: Some("ab".into()),
                 kind: TunnelKind::Http,
                 reserve: true,
+                options: vec![TunnelOption::new(0x8001, b"x".to_vec())],
             },
-            "0000000a02000101000000026162",
+            "0000001302000101000000026162000180010000000178",
         );
         check(
             &ClientMessage::Bind {
                 name: None,
                 kind: TunnelKind::Tcp,
                 reserve: false,
+                options: vec![],
             },
-            "0000000402010000",
+            "00000006020100000000",
         );
     }
 
@@ -428,7 +489,7 @@ mod tests {
         ));
         // A bind with a bad kind byte.
         assert!(matches!(
-            ClientMessage::decode(&[0, 0, 0, 4, TAG_BIND, 9, 0, 0]),
+            ClientMessage::decode(&[0, 0, 0, 6, TAG_BIND, 9, 0, 0, 0, 0]),
             Err(DecodeError::Invalid(Invalid::BadValue("tunnel kind")))
         ));
         // A hello whose token is over the limit.
@@ -447,6 +508,21 @@ mod tests {
                 let _ = ServerMessage::decode(&[0, 0, 0, 3, a, b, a]);
             }
         }
+    }
+
+    #[test]
+    fn critical_options_are_marked() {
+        assert!(TunnelOption::new(0x8001, vec![]).is_critical());
+        assert!(!TunnelOption::new(0x0001, vec![]).is_critical());
+        let too_many = ClientMessage::Bind {
+            name: None,
+            kind: TunnelKind::Http,
+            reserve: false,
+            options: vec![TunnelOption::new(1, vec![]); MAX_TUNNEL_OPTIONS + 1],
+        };
+        let mut buf = BytesMut::new();
+        assert!(too_many.encode(&mut buf).is_err());
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`data`]: the head frames that open a data stream ([`StreamHead`],
 //!   [`ResponseHead`]).
 //! - [`name`]: [`TunnelName`], a validated DNS label.
+//! - [`options`]: tags of per-tunnel bind options.
 //! - [`secret`]: [`Secret`], a string that never prints its value.
 
 #![warn(missing_docs)]
@@ -20,11 +21,13 @@ pub mod codec;
 pub mod control;
 pub mod data;
 pub mod name;
+pub mod options;
 pub mod secret;
 
 pub use codec::{DecodeError, EncodeError, Frame, Invalid};
 pub use control::{
-    check_version, ClientMessage, ErrorCode, ServerMessage, TunnelKind, VersionMismatch,
+    check_version, ClientMessage, ErrorCode, ServerMessage, TunnelKind, TunnelOption,
+    VersionMismatch, MAX_TUNNEL_OPTIONS,
 };
 pub use data::{Header, RequestHead, ResponseHead, Scheme, StreamHead, TcpHead};
 pub use name::{NameError, TunnelName};

@@ -21,6 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Open an HTTP tunnel to TARGET (without --relay: local mode, an in-process relay).
     Http(HttpArgs),
+    /// List recent exchanges from a running porthole's inspector.
+    Requests(crate::inspector::cli::RequestsArgs),
+    /// Replay a captured exchange (optionally edited) through a running porthole.
+    Replay(crate::inspector::cli::ReplayArgs),
 }
 
 /// Flags of `porthole http`.
@@ -47,6 +51,12 @@ pub struct HttpArgs {
     /// Inspector address, or `off`.
     #[arg(long, default_value = "127.0.0.1:4040", env = "PORTHOLE_INSPECT")]
     pub inspect: String,
+    /// Credential required by the inspector (mandatory when --inspect is not loopback).
+    #[arg(long, env = "PORTHOLE_INSPECT_CREDENTIAL", hide_env_values = true)]
+    pub inspect_credential: Option<Secret>,
+    /// Exchanges kept in the inspector's history (oldest evicted first).
+    #[arg(long, default_value_t = 1000)]
+    pub history_size: usize,
     /// Print one JSON object per line (ready, request, reconnecting, error).
     #[arg(long)]
     pub json: bool,

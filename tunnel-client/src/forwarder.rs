@@ -30,6 +30,9 @@ use crate::capture::{
     ReplayRequest, Replayer, Sinks,
 };
 
+/// How long a finished response waits for the relay's acknowledgement.
+const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where a tunnel forwards to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -309,7 +312,12 @@ impl Forwarder {
                 let outcome = match encode_head(&resp_head) {
                     Ok(bytes) => match send.write(bytes).await {
                         Ok(()) => match pump_body_observed(body, send, |d| tap.observe(d)).await {
-                            Ok(_) => Outcome::Completed,
+                            Ok((_, send)) => {
+                                // Held until the relay has every byte, so a shutdown
+                                // waiting on this exchange never cuts its tail off.
+                                send.finish_delivered(DELIVERY_WAIT).await;
+                                Outcome::Completed
+                            }
                             Err(e) => Outcome::Cancelled(describe_stream_error(&e)),
                         },
                         Err(e) => {
@@ -349,7 +357,7 @@ impl Forwarder {
                 let body = Bytes::from(text);
                 if let Ok(h) = encode_head(&resp_head) {
                     if send.write(h).await.is_ok() && send.write(body.clone()).await.is_ok() {
-                        send.finish();
+                        send.finish_delivered(DELIVERY_WAIT).await;
                     }
                 }
                 let response = CapturedResponse {

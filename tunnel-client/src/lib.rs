@@ -9,6 +9,7 @@
 //! - [`trust`]: pin / CA / system-root verification of the relay.
 //! - [`forwarder`]: data stream → target → data stream, with capture and replay.
 //! - [`capture`]: what an exchange record holds; the sink and replay seams.
+//! - [`inspector`]: history in SQLite, the web UI and its API, replay.
 //! - [`output`]: console lines and `--json` events.
 //! - [`local`]: local mode (in-process relay) and the built-in target.
 
@@ -17,6 +18,7 @@
 pub mod capture;
 pub mod cli;
 pub mod forwarder;
+pub mod inspector;
 pub mod local;
 pub mod output;
 pub mod session;
@@ -90,7 +92,32 @@ async fn run_http_inner(
 
     let mut sinks = Sinks::default();
     sinks.push(output.clone());
-    let forwarder = Forwarder::new(sinks, args.capture_body_bytes, 1);
+    let inspector = start_inspector(&args).await?;
+    let (body_cap, first_id) = match &inspector {
+        Some((i, _, _)) => {
+            sinks.push(i.clone());
+            (args.capture_body_bytes, i.next_id())
+        }
+        // Without an inspector only sizes are counted, no bytes kept.
+        None => (0, 1),
+    };
+    let forwarder = Forwarder::new(sinks, body_cap, first_id);
+    let inspect_url = match inspector {
+        Some((inspector, listener, url)) => {
+            let replayer: Arc<dyn capture::Replayer> = forwarder.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = inspector
+                    .run(listener, replayer, stop.cancelled_owned())
+                    .await
+                {
+                    tracing::error!("inspector: {e:#}");
+                }
+            });
+            Some(url)
+        }
+        None => None,
+    };
 
     let cfg = SessionConfig {
         relay,
@@ -99,11 +126,58 @@ async fn run_http_inner(
         tunnels: vec![TunnelSpec {
             name: args.name.clone(),
             target,
+            options: Vec::new(),
         }],
         local_mode,
-        inspect_url: None,
+        inspect_url,
     };
     let result = session::run(cfg, forwarder, output, shutdown).await;
     drop(local_relay);
     result
+}
+
+/// Opens the inspector's history and binds its listener, unless `--inspect off`.
+/// A taken default port falls back to the next ones (4041, 4042, …) so a second
+/// porthole still gets an inspector; each port keeps its own history file.
+async fn start_inspector(
+    args: &HttpArgs,
+) -> anyhow::Result<Option<(Arc<inspector::Inspector>, tokio::net::TcpListener, String)>> {
+    if args.inspect.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = args
+        .inspect
+        .trim_start_matches("http://")
+        .parse()
+        .with_context(|| format!("--inspect must be HOST:PORT or off, got {:?}", args.inspect))?;
+    let mut listener = None;
+    for offset in 0..10u16 {
+        let try_addr = std::net::SocketAddr::new(addr.ip(), addr.port().saturating_add(offset));
+        match tokio::net::TcpListener::bind(try_addr).await {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(e) if offset == 0 && addr.port() == 0 => {
+                return Err(e).with_context(|| format!("binding the inspector on {addr}"))
+            }
+            Err(_) if addr.port() != 0 => continue,
+            Err(e) => return Err(e).with_context(|| format!("binding the inspector on {addr}")),
+        }
+    }
+    let listener = listener
+        .with_context(|| format!("binding the inspector on {addr} (and the next 9 ports)"))?;
+    let bound = listener.local_addr()?;
+    let default = inspector::default_db_path()?;
+    let mut cfg = inspector::InspectorConfig::new(
+        default.with_file_name(format!("history-{}.sqlite3", bound.port())),
+    );
+    cfg.body_cap = args.capture_body_bytes;
+    cfg.max_exchanges = args.history_size.max(1);
+    cfg.credential = args.inspect_credential.clone();
+    if !bound.ip().is_loopback() && cfg.credential.is_none() {
+        bail!("the inspector on {bound} would be reachable from other machines: pass --inspect-credential (or PORTHOLE_INSPECT_CREDENTIAL), or bind it to 127.0.0.1");
+    }
+    let inspector = inspector::Inspector::open(cfg)?;
+    Ok(Some((inspector, listener, format!("http://{bound}"))))
 }

@@ -30,6 +30,18 @@ fn main() -> ExitCode {
         });
         match cli.command {
             Command::Http(args) => tunnel_client::run_http(args, shutdown).await,
+            Command::Requests(args) => {
+                let mut out = std::io::stdout();
+                report(tunnel_client::inspector::cli::requests(&args, &mut out).await)
+            }
+            Command::Replay(args) => {
+                let mut out = std::io::stdout();
+                report(
+                    tunnel_client::inspector::cli::replay(&args, &mut out)
+                        .await
+                        .map(|_| ()),
+                )
+            }
         }
     });
     // Don't wait for stray tasks (pooled connections) on the way out.
@@ -38,6 +50,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }
+}
+
+/// Prints a one-line error for the commands that have no JSON event stream.
+fn report(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = &result {
+        eprintln!("porthole: {e:#}");
+    }
+    result
 }
 
 async fn wait_for_signal() {

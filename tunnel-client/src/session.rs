@@ -38,6 +38,8 @@ pub struct TunnelSpec {
     pub name: Option<String>,
     /// Where it forwards.
     pub target: Target,
+    /// Options sent with the bind (policy, delivery mode, …).
+    pub options: Vec<shared_proto::TunnelOption>,
 }
 
 /// What a session needs.
@@ -333,6 +335,7 @@ async fn connect(
             name: names[i].clone(),
             kind: TunnelKind::Http,
             reserve: reserve[i],
+            options: spec.options.clone(),
         };
         send_msg(&mut send, &bind).await.map_err(|e| lost(&e))?;
         match next_msg(&mut recv, &conn).await? {

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, the end-to-end harness (real relay and client
+# processes on loopback) and the inspector's browser test in headless Chromium.
+# Installs Chromium and ChromeDriver from Debian's packages when they are missing and
+# we are root; set PORTHOLE_SKIP_BROWSER=1 to run without a browser.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${PORTHOLE_SKIP_BROWSER:-}" != "1" ]; then
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing chromium and chromium-driver for the inspector's browser test"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+      echo "the browser test needs chromium and chromedriver:" >&2
+      echo "  sudo apt-get install chromium chromium-driver   (or PORTHOLE_SKIP_BROWSER=1)" >&2
+      exit 1
+    fi
+  fi
+fi
+
+cargo test --workspace --locked "$@"
