@@ -36,7 +36,11 @@ async fn scripted_ci_job_sees_its_webhook_arrive() {
     let out = run_job(&relay, &target, &token, "match").await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     assert!(stdout.contains("pr-123.localhost"), "{stdout}");
     // `porthole wait` printed the matching exchange as JSON.
     let line = stdout
@@ -73,10 +77,20 @@ async fn exit_codes_tell_refusals_from_usage_errors() {
     let target = Target::start().await.unwrap();
     // A token the relay does not know: refused, exit 3.
     let mut p = Client::spawn(&relay, &target.addr.to_string(), "not-a-token", &[]).unwrap();
-    assert_eq!(p.wait_exit(Duration::from_secs(20)).await.unwrap(), 3, "{}", p.stderr());
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(20)).await.unwrap(),
+        3,
+        "{}",
+        p.stderr()
+    );
     // A target that is not one: usage error, exit 2.
     let mut p = Client::spawn(&relay, "not a target", "whatever", &[]).unwrap();
-    assert_eq!(p.wait_exit(Duration::from_secs(20)).await.unwrap(), 2, "{}", p.stderr());
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(20)).await.unwrap(),
+        2,
+        "{}",
+        p.stderr()
+    );
     // No inspector there: `porthole wait` cannot reach it, exit 1 at its timeout.
     let out = tokio::process::Command::new(bin("porthole"))
         .args(["wait", "--inspect", "127.0.0.1:9", "--timeout", "1s"])
