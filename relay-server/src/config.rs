@@ -393,12 +393,20 @@ impl RelayConfig {
                 .or(file.max_requests_per_second),
             bandwidth: args.max_bandwidth.or(file.max_bandwidth),
         };
-        if let Some(rps) = cfg.default_limits.requests_per_second {
-            if !(rps > 0.0) {
-                anyhow::bail!("max_requests_per_second must be above 0, got {rps}");
+        cfg.token_limits = file.token_limits.unwrap_or_default();
+        let rates = std::iter::once(("max_requests_per_second".to_owned(), cfg.default_limits))
+            .chain(
+                cfg.token_limits
+                    .iter()
+                    .map(|(n, l)| (format!("token_limits.{n}.requests_per_second"), *l)),
+            );
+        for (key, limits) in rates {
+            if let Some(rps) = limits.requests_per_second {
+                if rps.is_nan() || rps <= 0.0 {
+                    anyhow::bail!("{key} must be above 0, got {rps}");
+                }
             }
         }
-        cfg.token_limits = file.token_limits.unwrap_or_default();
         if let Some(n) = args
             .auth_failures_per_minute
             .or(file.auth_failures_per_minute)
@@ -427,6 +435,41 @@ mod tests {
         };
         let cfg = RelayConfig::resolve(&args).unwrap();
         assert_eq!(cfg.tunnel_addr, Some("0.0.0.0:4443".parse().unwrap()));
+        let acme = cfg.acme.as_ref().expect("the sample configures ACME");
+        assert_eq!(
+            acme.all_names(),
+            ["tunnel.example.com", "*.tunnel.example.com"]
+        );
+        assert_eq!(cfg.limits_for("someone").tunnels, Some(20));
+        assert_eq!(cfg.limits_for("ci").tunnels, Some(100));
+        assert_eq!(cfg.limits_for("ci").requests_per_second, Some(200.0));
+        assert_eq!(cfg.auth_failures_per_minute, 10);
+    }
+
+    #[test]
+    fn acme_needs_https_and_excludes_certificate_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(&p, "acme_directory = \"https://ca.test/dir\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        let err = RelayConfig::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("--https-addr"), "{err}");
+        std::fs::write(
+            &p,
+            "acme_directory = \"https://ca.test/dir\"\nhttps_addr = \"127.0.0.1:0\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        let err = RelayConfig::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("exclude each other"), "{err}");
+        std::fs::write(&p, "[token_limits.x]\nrequests_per_second = 0\n").unwrap();
+        let err = RelayConfig::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("token_limits.x.requests_per_second"), "{err}");
+        std::fs::write(&p, "[token_limits.x]\nrequests = 1\n").unwrap();
+        let err = FileConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("requests"), "{err}");
     }
 
     #[test]
