@@ -176,7 +176,9 @@ async fn per_token_limits_answer_429_and_refuse_extra_tunnels() {
         "max_requests_per_second = 1000\n\
          [token_limits.small]\n\
          tunnels = 1\n\
-         requests_per_second = 2\n",
+         requests_per_second = 2\n\
+         [token_limits.slim]\n\
+         bandwidth = 1000\n",
     )
     .unwrap();
     let relay = Relay::start_in(
@@ -232,7 +234,37 @@ async fn per_token_limits_answer_429_and_refuse_extra_tunnels() {
             .unwrap();
         assert_eq!(r.status, 200, "the big token has its own budget");
     }
+
+    // Bandwidth: 1000 bytes/s; a 5000-byte upload puts the token in debt, so the next
+    // request waits for it to be paid back.
+    let slim = relay.token("slim").unwrap();
+    let d = Client::start(&relay, &target.addr.to_string(), &slim, &["--name", "d"])
+        .await
+        .unwrap();
+    let r = request(
+        relay.http,
+        &d.host(),
+        "POST",
+        "/sink",
+        &[],
+        Bytes::from(vec![0u8; 5000]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = request(relay.http, &d.host(), "GET", "/", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 429);
+    assert!(String::from_utf8_lossy(&r.body).contains("bandwidth limit"));
+    let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((3..=5).contains(&secs), "{secs}");
+
     let m = relay.metrics().await.unwrap();
+    assert_eq!(
+        metric(&m, "porthole_limited_total{limit=\"bandwidth\"}"),
+        1.0
+    );
     assert!(metric(&m, "porthole_limited_total{limit=\"requests_per_second\"}") >= 1.0);
     assert_eq!(metric(&m, "porthole_limited_total{limit=\"tunnels\"}"), 1.0);
 }
