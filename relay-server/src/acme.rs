@@ -56,17 +56,31 @@ fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("acme")
 }
 
-/// Loads the cached ACME certificate, if there is one for exactly these names.
+/// Loads the cached ACME certificate, if there is one for exactly these names, with
+/// the time it should be renewed.
 pub fn load_cached(data_dir: &Path, cfg: &AcmeConfig) -> Option<(Identity, SystemTime)> {
     let d = dir(data_dir);
     let id = Identity::from_files(&d.join("cert.pem"), &d.join("key.pem")).ok()?;
-    let (names, not_after) = leaf_facts(&id).ok()?;
+    let (names, validity) = leaf_facts(&id).ok()?;
     let mut want = cfg.all_names();
     want.sort();
-    (names == want).then_some((id, not_after))
+    (names == want).then(|| (id, renew_at(validity, cfg.renew_before)))
 }
 
-fn leaf_facts(id: &Identity) -> anyhow::Result<(Vec<String>, SystemTime)> {
+/// When to renew a certificate valid from `not_before` to `not_after`: `renew_before`
+/// ahead of expiry, but never in the first half of its lifetime (so a renew_before
+/// longer than the CA's lifetime cannot make the relay re-order in a loop).
+pub fn renew_at(
+    (not_before, not_after): (SystemTime, SystemTime),
+    renew_before: Duration,
+) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let half = not_before + lifetime / 2;
+    let ahead = not_after.checked_sub(renew_before).unwrap_or(not_before);
+    ahead.max(half)
+}
+
+fn leaf_facts(id: &Identity) -> anyhow::Result<(Vec<String>, (SystemTime, SystemTime))> {
     let leaf = id.certs.first().ok_or_else(|| anyhow!("empty chain"))?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| anyhow!("parsing certificate: {e}"))?;
@@ -86,8 +100,11 @@ fn leaf_facts(id: &Identity) -> anyhow::Result<(Vec<String>, SystemTime)> {
         })
         .unwrap_or_default();
     names.sort();
-    let secs = cert.validity().not_after.timestamp().max(0) as u64;
-    Ok((names, SystemTime::UNIX_EPOCH + Duration::from_secs(secs)))
+    let at = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
+    };
+    let v = cert.validity();
+    Ok((names, (at(v.not_before), at(v.not_after))))
 }
 
 /// Keeps `resolver` serving a valid ACME certificate until `stop` fires: the cached
@@ -98,20 +115,19 @@ pub async fn run(
     resolver: Arc<SwapResolver>,
     stop: CancellationToken,
 ) {
-    let mut not_after = match load_cached(&data_dir, &cfg) {
-        Some((id, not_after)) => {
+    let mut renew = match load_cached(&data_dir, &cfg) {
+        Some((id, renew)) => {
             if let Err(e) = resolver.replace(&id) {
                 tracing::warn!("cached ACME certificate does not load: {e:#}");
             }
             tracing::info!(names = ?cfg.all_names(), "serving cached ACME certificate");
-            Some(not_after)
+            Some(renew)
         }
         None => None,
     };
     let mut failures = 0u32;
     loop {
-        let due = not_after
-            .and_then(|t| t.checked_sub(cfg.renew_before))
+        let due = renew
             .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
             .unwrap_or_default();
         if !due.is_zero() {
@@ -128,19 +144,21 @@ pub async fn run(
             r = issue(&cfg, &data_dir, &resolver) => r,
         };
         match result {
-            Ok((id, t)) => {
+            Ok((id, validity)) => {
                 failures = 0;
-                not_after = Some(t);
+                renew = Some(renew_at(validity, cfg.renew_before));
                 match resolver.replace(&id) {
-                    Ok(()) => {
-                        tracing::info!(names = ?cfg.all_names(), expires = %humantime::format_rfc3339_seconds(t), "ACME certificate issued and in service")
-                    }
+                    Ok(()) => tracing::info!(
+                        names = ?cfg.all_names(),
+                        expires = %humantime::format_rfc3339_seconds(validity.1),
+                        "ACME certificate issued and in service"
+                    ),
                     Err(e) => tracing::warn!("issued certificate does not load: {e:#}"),
                 }
-                // Never re-order in a tight loop, whatever renew_before says.
+                // A floor against a CA that issues already-expiring certificates.
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }
             Err(e) => {
@@ -250,7 +268,7 @@ async fn issue(
     cfg: &AcmeConfig,
     data_dir: &Path,
     resolver: &SwapResolver,
-) -> anyhow::Result<(Identity, SystemTime)> {
+) -> anyhow::Result<(Identity, (SystemTime, SystemTime))> {
     let account = account(cfg, data_dir).await?;
     let ids: Vec<Identifier> = cfg.all_names().into_iter().map(Identifier::Dns).collect();
     let mut order = account
@@ -336,6 +354,21 @@ async fn issue(
     std::fs::write(d.join("cert.pem"), &chain)
         .with_context(|| format!("writing {}", d.join("cert.pem").display()))?;
     let id = Identity::from_files(&d.join("cert.pem"), &d.join("key.pem"))?;
-    let (_, not_after) = leaf_facts(&id)?;
-    Ok((id, not_after))
+    let (_, validity) = leaf_facts(&id)?;
+    Ok((id, validity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_ahead_of_expiry_but_never_in_the_first_half() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(86400);
+        let le = (t0, t0 + 90 * day);
+        assert_eq!(renew_at(le, 30 * day), t0 + 60 * day);
+        assert_eq!(renew_at(le, 80 * day), t0 + 45 * day);
+        assert_eq!(renew_at(le, 1000 * day), t0 + 45 * day);
+    }
 }

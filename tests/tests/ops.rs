@@ -400,6 +400,8 @@ async fn acme_certificate_from_pebble_is_served_on_https() {
         "tlsPort": https,
         "ocspResponderURL": "",
         "externalAccountBindingRequired": false,
+        // Short-lived certificates, so that renewal happens within the test.
+        "certificateValidityPeriod": 40,
     }});
     std::fs::write(w.join("pebble.json"), config.to_string()).unwrap();
     let _pebble = spawn(
@@ -456,6 +458,8 @@ async fn acme_certificate_from_pebble_is_served_on_https() {
         "ops@porthole.test",
         "--acme-dns-hook",
         hook.to_str().unwrap(),
+        "--acme-renew-before",
+        "30s",
     ];
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut relay = Relay::start_in(dir.clone(), "127.0.0.1:0", "127.0.0.1:0", &flags)
@@ -515,6 +519,31 @@ async fn acme_certificate_from_pebble_is_served_on_https() {
         hook_log.contains(&format!("cleanup {domain}")),
         "{hook_log}"
     );
+
+    // Renewed ahead of expiry (40s lifetime, renewed from half of it) and swapped in
+    // without a restart: the served certificate's expiry moves.
+    let expiry = |host: &str| {
+        let out = curl(&[
+            "-v",
+            "--cacert",
+            &root,
+            "--resolve",
+            &format!("{host}:{https}:127.0.0.1"),
+            "-o",
+            "/dev/null",
+            &format!("https://{host}:{https}/"),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.lines()
+            .find_map(|l| l.split_once("expire date: ").map(|(_, d)| d.to_owned()))
+            .filter(|_| out.status.success())
+    };
+    let first = expiry(domain).expect("expiry of the first certificate");
+    let renewed = until("a renewed certificate", Duration::from_secs(60), || {
+        expiry(domain).filter(|e| *e != first)
+    })
+    .await;
+    assert_ne!(renewed, first);
 
     // Cached in the data dir: a restarted relay serves it at once.
     relay.proc.kill().await;
