@@ -559,3 +559,63 @@ async fn acme_certificate_from_pebble_is_served_on_https() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn certificate_files_are_reloaded_without_a_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let make = |name: &str| {
+        let out = std::process::Command::new(bin("porthole-relay"))
+            .args(["fingerprint", "--domain", "localhost", "--data-dir"])
+            .arg(w.join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            w.join(name).join("relay-cert.pem"),
+            w.join(name).join("relay-key.pem"),
+        )
+    };
+    let (cert_a, key_a) = make("a");
+    let (cert_b, key_b) = make("b");
+    let cert = w.join("cert.pem");
+    let key = w.join("key.pem");
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let https = free_port();
+    let https_addr = format!("127.0.0.1:{https}");
+    let _relay = Relay::start(&[
+        "--https-addr",
+        &https_addr,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    let trusted_by = |ca: &Path| {
+        curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            &format!("https://localhost:{https}/"),
+        ])
+        .status
+        .success()
+    };
+    assert!(trusted_by(&cert_a));
+    assert!(!trusted_by(&cert_b));
+    // Whole-second mtimes on some filesystems: make the change visible to the poll.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::copy(&key_b, &key).unwrap();
+    std::fs::copy(&cert_b, &cert).unwrap();
+    until(
+        "the new certificate served",
+        Duration::from_secs(15),
+        || trusted_by(&cert_b).then_some(()),
+    )
+    .await;
+    assert!(!trusted_by(&cert_a));
+}
