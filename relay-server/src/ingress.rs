@@ -7,7 +7,9 @@
 //! here collects a body.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -95,6 +97,10 @@ pub(crate) async fn serve(
                         }
                         Err(_) => return,
                     };
+                    if stream.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
+                        // A TLS-ALPN-01 validation: the handshake was the whole answer.
+                        return;
+                    }
                     let sni = stream.get_ref().1.server_name().map(str::to_owned);
                     let v = VisitorConn {
                         peer,
@@ -274,6 +280,14 @@ async fn route(
         }
     }
 
+    let limits = relay.cfg.limits_for(&route.token.0);
+    if let Err(over) = relay
+        .meter
+        .admit(&route.token.0, &limits, std::time::Instant::now())
+    {
+        return too_many(relay, over, &name);
+    }
+
     // An HTTP/1.1 upgrade (WebSocket…) without a body keeps its Upgrade headers and
     // turns the data stream into raw bytes both ways after a 101.
     let upgrade = match upgrade::requested_upgrade(req.headers()) {
@@ -326,8 +340,16 @@ async fn route(
     relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight(relay.clone());
     let timeout = relay.cfg.target_timeout;
-    match tokio::time::timeout(timeout, exchange(relay, &route.conn, head, body, upgrade)).await {
+    let started = std::time::Instant::now();
+    let token = route.token.0.clone();
+    match tokio::time::timeout(
+        timeout,
+        exchange(relay, &route.conn, head, body, &token, upgrade),
+    )
+    .await
+    {
         Ok(Ok(Answer::Upgraded(resp, io))) => {
+            relay.metrics.observe_latency(started.elapsed());
             // The exchange stays in flight while its upgraded connection lives.
             tokio::spawn(async move {
                 let _in_flight = in_flight;
@@ -336,11 +358,20 @@ async fn route(
             resp
         }
         Ok(Ok(Answer::Http(resp))) => {
+            relay.metrics.observe_latency(started.elapsed());
             // The exchange stays in flight until its response body has been carried
             // (or dropped), so a drain waits for bodies too, not just heads.
+            let relay = relay.clone();
             resp.map(|body| {
                 body.map_frame(move |f| {
                     let _ = &in_flight;
+                    if let Some(d) = f.data_ref() {
+                        let n = d.len() as u64;
+                        relay.metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
+                        relay
+                            .meter
+                            .charge(&token, &limits, n, std::time::Instant::now());
+                    }
                     f
                 })
                 .boxed_unsync()
@@ -370,6 +401,33 @@ async fn route(
     }
 }
 
+/// 429 for a per-token limit, with `Retry-After` in whole seconds.
+fn too_many(relay: &Relay, over: crate::policy::Over, name: &str) -> Response<TunnelBody> {
+    use crate::policy::Over;
+    let (wait, what) = match over {
+        Over::Rate(w) => {
+            relay.metrics.limited_rate.fetch_add(1, Ordering::Relaxed);
+            (w, "requests per second")
+        }
+        Over::Bandwidth(w) => {
+            relay
+                .metrics
+                .limited_bandwidth
+                .fetch_add(1, Ordering::Relaxed);
+            (w, "bandwidth")
+        }
+    };
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut resp = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        format!("porthole: the tunnel {name} is over its {what} limit; retry in {secs}s"),
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
 struct InFlight(Arc<Relay>);
 
 impl Drop for InFlight {
@@ -377,6 +435,9 @@ impl Drop for InFlight {
         self.0.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// A request body being carried into its data stream.
+type BodyPump = Pin<Box<dyn Future<Output = Result<u64, ExchangeError>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 enum ExchangeError {
@@ -451,6 +512,7 @@ async fn exchange(
     conn: &quinn::Connection,
     head: StreamHead,
     body: Incoming,
+    token: &str,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Answer, ExchangeError> {
     let (send, mut recv) = conn.open_bi().await?;
@@ -461,14 +523,17 @@ async fn exchange(
     }
 
     // The request body is pumped concurrently with waiting for the response head: a
-    // target may answer (say 413 or 401) before it has read the whole body.
-    let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<ExchangeError>();
-    if body.is_end_stream() {
+    // target may answer (say 413 or 401) before it has read the whole body. Usually
+    // the body is done first, so it is pumped on this task; only a body still flowing
+    // when the head arrives moves to a task of its own.
+    let mut pump: Option<BodyPump> = if body.is_end_stream() {
         send.finish();
-        drop(err_tx);
+        None
     } else {
         let max = relay.cfg.max_body_bytes;
-        tokio::spawn(async move {
+        let relay = relay.clone();
+        let token = token.to_owned();
+        Some(Box::pin(async move {
             let result = match max {
                 Some(max) => pump_body(Limited::new(body, max as usize), send)
                     .await
@@ -480,17 +545,51 @@ async fn exchange(
                     }),
                 None => pump_body(body, send).await.map_err(ExchangeError::Tunnel),
             };
-            if let Err(e) = result {
-                let _ = err_tx.send(e);
+            if let Ok(n) = result {
+                relay.metrics.bytes_in.fetch_add(n, Ordering::Relaxed);
+                let limits = relay.cfg.limits_for(&token);
+                relay
+                    .meter
+                    .charge(&token, &limits, n, std::time::Instant::now());
             }
-        });
-    }
+            result
+        }))
+    };
 
-    let (resp_head, first) = tokio::select! {
-        biased;
-        r = read_head::<ResponseHead>(&mut recv) => r?,
-        Ok(e @ ExchangeError::BodyTooLarge(_)) = &mut err_rx => {
-            let _ = recv.stop(quinn::VarInt::from_u32(codes::RESET_CANCELLED));
+    let head = {
+        let head_read = read_head::<ResponseHead>(&mut recv);
+        tokio::pin!(head_read);
+        loop {
+            let Some(p) = pump.as_mut() else {
+                break (&mut head_read).await.map_err(ExchangeError::Tunnel);
+            };
+            tokio::select! {
+                biased;
+                r = &mut head_read => {
+                    if let Some(rest) = pump.take() {
+                        tokio::spawn(async move {
+                            let _ = rest.await;
+                        });
+                    }
+                    break r.map_err(ExchangeError::Tunnel);
+                }
+                r = p => {
+                    pump = None;
+                    if let Err(e @ ExchangeError::BodyTooLarge(_)) = r {
+                        break Err(e);
+                    }
+                    // Other body failures (the visitor went away mid-upload) reset the
+                    // stream; the target's answer, if any, still decides.
+                }
+            }
+        }
+    };
+    let (resp_head, first) = match head {
+        Ok(h) => h,
+        Err(e) => {
+            if matches!(e, ExchangeError::BodyTooLarge(_)) {
+                let _ = recv.stop(quinn::VarInt::from_u32(codes::RESET_CANCELLED));
+            }
             return Err(e);
         }
     };

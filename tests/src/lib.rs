@@ -217,6 +217,10 @@ impl Relay {
         .map(|s| s.to_string())
         .collect();
         args.push(dir.path().display().to_string());
+        if extra.contains(&"--domain") {
+            // The caller's domain replaces the default one.
+            args.drain(2..4);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut proc = Proc::spawn(&bin("porthole-relay"), &args, &[("PORTHOLE_LOG", "info")])?;
         let ev = proc.event("listening", READY_TIMEOUT).await?;
@@ -295,14 +299,37 @@ impl Client {
         token: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut proc = Self::spawn(relay, target, token, extra)?;
+        Self::start_with_env(relay, target, token, extra, &[]).await
+    }
+
+    /// [`Client::start`] with extra environment variables.
+    pub async fn start_with_env(
+        relay: &Relay,
+        target: &str,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut proc = Self::spawn_with_env(relay, target, token, extra, env)?;
         let ready = proc.event("ready", READY_TIMEOUT).await?;
         let name = ready["name"].as_str().unwrap_or_default().to_owned();
         Ok(Self { proc, ready, name })
     }
 
-    /// Spawns the client without waiting for readiness.
+    /// Spawns the client without waiting for readiness. The inspector is off unless
+    /// `extra` passes `--inspect`.
     pub fn spawn(relay: &Relay, target: &str, token: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+        Self::spawn_with_env(relay, target, token, extra, &[])
+    }
+
+    /// [`Client::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        relay: &Relay,
+        target: &str,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let mut args: Vec<String> = vec![
             "http".into(),
             target.into(),
@@ -310,12 +337,15 @@ impl Client {
             relay.tunnel.to_string(),
             "--relay-pin".into(),
             relay.pin.clone(),
-            "--inspect".into(),
-            "off".into(),
             "--json".into(),
         ];
+        if !extra.contains(&"--inspect") {
+            args.extend(["--inspect".to_owned(), "off".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::spawn(&bin("porthole"), &args, &[("PORTHOLE_TOKEN", token)])
+        let mut all_env = vec![("PORTHOLE_TOKEN", token)];
+        all_env.extend_from_slice(env);
+        Proc::spawn(&bin("porthole"), &args, &all_env)
     }
 
     /// The Host header that reaches this tunnel.
