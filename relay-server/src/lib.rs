@@ -10,6 +10,8 @@
 //! - [`session`]: one client's QUIC connection: hello, auth, binds, goaway.
 //! - [`ingress`]: visitor HTTP(S): routing by Host, edge rules, forwarding an exchange
 //!   over its own data stream.
+//! - [`policy`]: per-tunnel edge policy (basic auth, IP lists, header edits, body
+//!   limit) and the refusals it produces.
 //! - [`headers`]: pure header rules (host matching, hop-by-hop, X-Forwarded-*).
 //! - [`quic`]: QUIC tuning and data-stream I/O, shared with the client.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod headers;
 pub mod ingress;
 pub mod names;
+pub mod policy;
 pub mod quic;
 pub mod registry;
 pub mod session;
@@ -131,6 +134,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Exchanges currently in flight.
     pub in_flight: AtomicU64,
+    /// Requests refused at the edge, by kind (see [`policy::REFUSAL_KINDS`]).
+    pub edge_refusals: [AtomicU64; policy::REFUSAL_KINDS.len()],
 }
 
 impl Metrics {
