@@ -484,6 +484,21 @@ mod tests {
     }
 
     #[test]
+    fn exchange_refused_golden() {
+        check(
+            &ServerMessage::ExchangeRefused {
+                tunnel_id: 1,
+                method: "GET".into(),
+                path: "/".into(),
+                status: 403,
+                reason: "no".into(),
+                visitor: None,
+            },
+            "0000001a860000000100000003474554000000012f0193000000026e6f00",
+        );
+    }
+
+    #[test]
     fn every_message_round_trips() {
         let msgs = [
             ServerMessage::Bound {

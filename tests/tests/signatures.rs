@@ -372,3 +372,44 @@ async fn the_relay_operator_enforces_for_a_reserved_name() {
     );
     assert!(!relay.proc.stderr().contains("whsec_e2e_secret"));
 }
+
+#[tokio::test]
+async fn twilio_is_checked_against_the_public_url_the_sender_used() {
+    let relay = Relay::start(&[]).await.unwrap();
+    let target = Target::start().await.unwrap();
+    let token = relay.token("dev").unwrap();
+    let spec = "twilio:e2e_twilio_auth_token";
+    let c = Client::start(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--verify", spec, "--verify-enforce", "--rewrite-host"],
+    )
+    .await
+    .unwrap();
+    let host = c.host();
+    let path = "/sms?account=AC1&x=%20y";
+    let body: &'static [u8] = b"From=%2B15551234567&Body=Hello+there&NumMedia=0";
+    let form = (
+        "content-type".to_owned(),
+        "application/x-www-form-urlencoded".to_owned(),
+    );
+
+    // Signed over the target's own URL (what a naive local check would use): refused,
+    // even though the Host header the target sees is rewritten to that address.
+    let local_url = format!("http://{}{path}", target.addr);
+    let mut wrong = signed(spec, &local_url, body, now());
+    wrong.push(form.clone());
+    assert_eq!(post(&relay, &host, path, &wrong, body).await.status, 401);
+    assert!(target.seen().is_empty());
+
+    // Signed over the public URL, as Twilio does: accepted.
+    let public_url = format!("http://{host}{path}");
+    let mut right = signed(spec, &public_url, body, now());
+    right.push(form);
+    assert_eq!(post(&relay, &host, path, &right, body).await.status, 200);
+    let seen = target.last().unwrap();
+    assert_eq!(seen.uri, path);
+    assert_eq!(seen.header("host"), Some(target.addr.to_string()));
+    assert_eq!(verify_at_target(spec, &seen, &public_url), Verdict::Valid);
+}

@@ -406,8 +406,8 @@ impl Forwarder {
                         signatures::VERIFY_BODY_CAP
                     ),
                 )),
-                Err(e) => {
-                    let _ = e;
+                // The visitor or the relay gave up mid-body: nothing to answer.
+                Err(_) => {
                     send.reset(codes::RESET_CANCELLED);
                     return;
                 }
