@@ -265,3 +265,70 @@ async fn start_inspector(
     let inspector = inspector::Inspector::open(cfg)?;
     Ok(Some((inspector, listener, format!("http://{bound}"))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn start_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("porthole.toml");
+        std::fs::write(
+            &path,
+            "relay = \"file.example:4443\"\ntoken = \"file-token\"\ninspect = \"off\"\n\
+             [tunnels.a]\ntarget = \"3000\"\n[tunnels.b]\ntarget = \"4000\"\nname = \"bee\"\n",
+        )
+        .unwrap();
+        let cli = cli::Cli::try_parse_from([
+            "porthole",
+            "start",
+            "b",
+            "--config",
+            path.to_str().unwrap(),
+            "--relay",
+            "flag.example:4443",
+            "--inspect",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let cli::Command::Start(args) = cli.command else {
+            panic!("not start")
+        };
+        let (http, plans) = start_plan(&args).unwrap();
+        assert_eq!(http.relay.as_deref(), Some("flag.example:4443"));
+        assert_eq!(http.inspect, "127.0.0.1:0");
+        // PORTHOLE_TOKEN may be set by the environment running the tests.
+        if std::env::var_os("PORTHOLE_TOKEN").is_none() {
+            assert_eq!(http.token.unwrap().expose(), "file-token");
+        }
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].name.as_deref(), Some("bee"));
+        assert_eq!(plans[0].target.as_deref(), Some("4000"));
+    }
+
+    #[test]
+    fn bad_verify_flags_name_the_flag_not_the_secret() {
+        let cli = cli::Cli::try_parse_from([
+            "porthole",
+            "http",
+            "3000",
+            "--verify",
+            "strype:whsec_topsecret",
+        ])
+        .unwrap();
+        let cli::Command::Http(args) = cli.command else {
+            panic!("not http")
+        };
+        let err = args
+            .tunnel
+            .settings(None, None)
+            .plan("edge policy flags")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--verify"), "{err}");
+        assert!(!err.contains("topsecret"), "{err}");
+        assert!(!format!("{args:?}").contains("topsecret"));
+    }
+}
