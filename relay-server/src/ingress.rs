@@ -244,18 +244,12 @@ async fn route(
             ),
         );
     };
-    let method = req.method().as_str().to_owned();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
     let policy = route.edge.policy.as_ref();
     if let Some(policy) = policy {
         let ip =
             crate::policy::client_ip(visitor.peer.ip(), req.headers(), &relay.cfg.trusted_proxies);
         if let Err(r) = policy.admit(ip, req.headers()) {
-            return refuse(relay, &route, &method, &path, visitor, r);
+            return refuse(relay, &route, req.method(), req.uri(), visitor, r);
         }
     }
     if let (Some(max), Some(len)) = (relay.cfg.max_body_bytes, declared_length(req.headers())) {
@@ -288,11 +282,11 @@ async fn route(
     // An operator signature rule for this name: the body is read (up to a cap) and
     // checked before anything crosses the tunnel.
     let body: VisitorBody = match relay.cfg.verify.get(&name) {
-        Some(verifiers) => match check_signature(verifiers, &parts, &path, body).await {
+        Some(verifiers) => match check_signature(verifiers, &parts, body).await {
             Ok(bytes) => Full::new(bytes)
                 .map_err(|never| match never {})
                 .boxed_unsync(),
-            Err(r) => return refuse(relay, &route, &method, &path, visitor, r),
+            Err(r) => return refuse(relay, &route, &parts.method, &parts.uri, visitor, r),
         },
         None => body.map_err(std::io::Error::other).boxed_unsync(),
     };
@@ -340,8 +334,8 @@ async fn route(
         Ok(Err(ExchangeError::BodyTooLarge(max))) if tunnel_max == Some(max) => refuse(
             relay,
             &route,
-            &method,
-            &path,
+            &parts.method,
+            &parts.uri,
             visitor,
             crate::policy::body_too_large(max),
         ),
@@ -410,8 +404,8 @@ type VisitorBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Er
 fn refuse(
     relay: &Arc<Relay>,
     route: &crate::registry::Route,
-    method: &str,
-    path: &str,
+    method: &http::Method,
+    uri: &http::Uri,
     visitor: &VisitorConn,
     r: Refusal,
 ) -> Response<TunnelBody> {
@@ -430,8 +424,8 @@ fn refuse(
         // Never wait on a slow client: a dropped notice only costs an inspector row.
         let _ = notices.try_send(ServerMessage::ExchangeRefused {
             tunnel_id: route.tunnel_id,
-            method: method.to_owned(),
-            path: path.to_owned(),
+            method: method.as_str().to_owned(),
+            path: path_and_query(uri),
             status: r.status.as_u16(),
             reason: r.message.clone(),
             visitor: Some(visitor.peer.to_string()),
@@ -446,14 +440,20 @@ fn refuse(
     resp
 }
 
+fn path_and_query(uri: &http::Uri) -> String {
+    uri.path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into())
+}
+
 /// Reads the body (up to [`crate::policy::VERIFY_BODY_CAP`]) and checks it against the
 /// operator's verifiers, with the public URL the sender used.
 async fn check_signature(
     verifiers: &[webhook_verify::Verifier],
     parts: &http::request::Parts,
-    path: &str,
     body: Incoming,
 ) -> Result<Bytes, Refusal> {
+    let path = path_and_query(&parts.uri);
     let cap = crate::policy::VERIFY_BODY_CAP;
     let bytes = match Limited::new(body, cap as usize).collect().await {
         Ok(c) => c.to_bytes(),

@@ -754,13 +754,14 @@ impl Replayer for Forwarder {
                     .then(|| map.values().next().cloned())
                     .flatten()
             });
-        let rules = self
-            .rules_by_name
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&req.tunnel)
-            .cloned()
-            .unwrap_or_default();
+        let rules = {
+            let map = self.rules_by_name.lock().unwrap_or_else(|p| p.into_inner());
+            // As for the target: with a single tunnel, its rules are the obvious choice.
+            map.get(&req.tunnel)
+                .or_else(|| (map.len() == 1).then(|| map.values().next()).flatten())
+                .cloned()
+                .unwrap_or_default()
+        };
         let this = self.self_ref();
         Box::pin(async move {
             let target = target
