@@ -59,10 +59,10 @@ pub struct TunnelFlags {
     )]
     pub basic_auth: Option<Secret>,
     /// Edge policy: only these visitor networks (CIDR), comma-separated (403 otherwise).
-    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", value_parser = crate::config::parse_cidr)]
     pub allow_ip: Vec<ipnet::IpNet>,
     /// Edge policy: refuse these visitor networks (CIDR), comma-separated (403).
-    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", value_parser = crate::config::parse_cidr)]
     pub deny_ip: Vec<ipnet::IpNet>,
     /// Edge policy: set this request header ("Name: value"); repeatable.
     #[arg(long, value_name = "HEADER")]

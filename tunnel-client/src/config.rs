@@ -105,10 +105,10 @@ pub struct PolicyFile {
     #[serde(default)]
     pub basic_auth_env: Vec<String>,
     /// Allowed visitor networks (CIDR or single address).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cidrs")]
     pub allow_ips: Vec<IpNet>,
     /// Refused visitor networks.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cidrs")]
     pub deny_ips: Vec<IpNet>,
     /// Headers set on requests, `{ "X-Env" = "dev" }`.
     #[serde(default)]
@@ -124,6 +124,21 @@ pub struct PolicyFile {
     pub response_headers_remove: Vec<String>,
     /// Largest request body in bytes (413 beyond).
     pub max_body_bytes: Option<u64>,
+}
+
+/// Parses a network, `10.0.0.0/8` or `2001:db8::/32`, or one address (`/32`, `/128`).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("expected a network like 10.0.0.0/8 or an address, got {s:?}"))
+}
+
+fn cidrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_cidr(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// One tunnel ready to open: what the session binds and what the forwarder does.
