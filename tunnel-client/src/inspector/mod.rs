@@ -449,8 +449,12 @@ fn write_batch(
     if let Err(err) = store.evict(limits) {
         tracing::warn!(error = format!("{err:#}"), "evicting old exchanges failed");
     }
+    if events.receiver_count() == 0 {
+        // Nobody is watching live: skip building the summaries.
+        pending.clear();
+        return;
+    }
     for ex in pending.drain(..) {
-        // No subscribers is fine.
         let _ = events.send(Arc::new(ExchangeSummary::of(&ex)));
     }
 }

@@ -117,6 +117,9 @@ impl std::str::FromStr for StatusFilter {
 /// One connection to the history file.
 pub(crate) struct Store {
     conn: Connection,
+    /// Rows and stored bytes, kept up to date by this (only) writer so that checking
+    /// the limits does not scan the table on every batch.
+    totals: Option<(u64, u64)>,
 }
 
 impl Store {
@@ -146,7 +149,7 @@ impl Store {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         register_functions(&conn)?;
-        Ok(Self { conn })
+        Ok(Self { conn, totals: None })
     }
 
     /// The highest id ever stored (0 when none), surviving clears.
@@ -170,6 +173,7 @@ impl Store {
     ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         let mut max_id = 0u64;
+        let (mut added_rows, mut added_bytes) = (0u64, 0u64);
         {
             let mut insert = tx.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO exchanges ({FULL_COLUMNS}, stored_bytes) VALUES \
@@ -214,6 +218,8 @@ impl Store {
                         .and_then(|s| serde_json::to_string(s).ok()),
                     stored as i64,
                 ])?;
+                added_rows += 1;
+                added_bytes += stored as u64;
             }
         }
         tx.execute(
@@ -222,27 +228,54 @@ impl Store {
             [to_i64(max_id)],
         )?;
         tx.commit()?;
+        // A replaced id is counted twice: the totals may run high, which only makes
+        // eviction (which recounts) come a little early.
+        if let Some((rows, bytes)) = &mut self.totals {
+            *rows += added_rows;
+            *bytes += added_bytes;
+        }
         Ok(())
     }
 
-    /// Deletes the oldest exchanges beyond the limits; the newest is always kept.
-    pub(crate) fn evict(&mut self, limits: &Limits) -> anyhow::Result<u64> {
+    fn count_totals(&self) -> anyhow::Result<(u64, u64)> {
         let (count, bytes): (i64, i64) = self.conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(stored_bytes), 0) FROM exchanges",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let (count, mut bytes) = (count.max(0) as u64, bytes.max(0) as u64);
-        let mut excess = count.saturating_sub(limits.max_exchanges as u64);
-        if bytes > limits.max_bytes || excess > 0 {
+        Ok((count.max(0) as u64, bytes.max(0) as u64))
+    }
+
+    /// Deletes the oldest exchanges once a limit is exceeded, down to 90% of it (so
+    /// that a full history does not pay for an eviction on every insert); the newest
+    /// is always kept.
+    pub(crate) fn evict(&mut self, limits: &Limits) -> anyhow::Result<u64> {
+        let (count, bytes) = match self.totals {
+            Some(t) => t,
+            None => {
+                let t = self.count_totals()?;
+                self.totals = Some(t);
+                t
+            }
+        };
+        let max_rows = limits.max_exchanges as u64;
+        if count <= max_rows && bytes <= limits.max_bytes {
+            return Ok(0);
+        }
+        let low_rows = max_rows - max_rows / 10;
+        let low_bytes = limits.max_bytes - limits.max_bytes / 10;
+        let mut bytes = bytes;
+        let mut excess = count.saturating_sub(low_rows);
+        let over_bytes = bytes > limits.max_bytes;
+        let mut cutoff: Option<i64> = None;
+        {
             // Walk oldest first, dropping rows until both limits hold.
             let mut stmt = self
                 .conn
                 .prepare("SELECT id, stored_bytes FROM exchanges ORDER BY id ASC")?;
             let mut rows = stmt.query([])?;
-            let mut cutoff: Option<i64> = None;
             let mut left = count;
-            while left > 1 && (excess > 0 || bytes > limits.max_bytes) {
+            while left > 1 && (excess > 0 || (over_bytes && bytes > low_bytes)) {
                 let Some(row) = rows.next()? else { break };
                 let (id, size): (i64, i64) = (row.get(0)?, row.get(1)?);
                 cutoff = Some(id);
@@ -250,22 +283,20 @@ impl Store {
                 excess = excess.saturating_sub(1);
                 left -= 1;
             }
-            drop(rows);
-            drop(stmt);
-            if let Some(cutoff) = cutoff {
-                let n = self
-                    .conn
-                    .execute("DELETE FROM exchanges WHERE id <= ?1", [cutoff])?;
-                self.reclaim();
-                return Ok(n as u64);
-            }
         }
-        Ok(0)
+        let Some(cutoff) = cutoff else { return Ok(0) };
+        let n = self
+            .conn
+            .execute("DELETE FROM exchanges WHERE id <= ?1", [cutoff])?;
+        self.totals = Some(self.count_totals()?);
+        self.reclaim();
+        Ok(n as u64)
     }
 
     /// Deletes everything; answers how many exchanges were deleted.
     pub(crate) fn clear(&mut self) -> anyhow::Result<u64> {
         let n = self.conn.execute("DELETE FROM exchanges", [])?;
+        self.totals = Some((0, 0));
         self.reclaim();
         Ok(n as u64)
     }
