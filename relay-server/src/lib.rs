@@ -10,6 +10,8 @@
 //! - [`session`]: one client's QUIC connection: hello, auth, binds, goaway.
 //! - [`ingress`]: visitor HTTP(S): routing by Host, edge rules, forwarding an exchange
 //!   over its own data stream.
+//! - [`policy`]: per-tunnel edge policy (basic auth, IP lists, header edits, body
+//!   limit) and the refusals it produces.
 //! - [`headers`]: pure header rules (host matching, hop-by-hop, X-Forwarded-*).
 //! - [`quic`]: QUIC tuning and data-stream I/O, shared with the client.
 //! - [`tcp`]: TCP tunnels: public ports, one data stream per visitor connection.
@@ -17,7 +19,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`certs`]: hot-swappable certificates (file reload, TLS-ALPN-01 answers).
 //! - [`acme`]: ACME issuance and renewal.
-//! - [`policy`]: per-token limits and failed-auth throttling.
+//! - [`limits`]: per-token limits and failed-auth throttling.
 //!
 //! [`Relay::run`] takes already-bound listeners and a shutdown future, so tests and the
 //! client's local mode run relays on ephemeral ports. See `docs/internals.md` for the
@@ -31,6 +33,7 @@ pub mod certs;
 pub mod config;
 pub mod headers;
 pub mod ingress;
+pub mod limits;
 pub mod names;
 pub mod policy;
 pub mod quic;
@@ -162,6 +165,8 @@ pub struct Metrics {
     pub auth_throttled: AtomicU64,
     /// Webhooks waiting in a delivery queue (kept at 0 until a queue exists).
     pub queue_depth: AtomicU64,
+    /// Requests refused at the edge, by kind (see [`policy::REFUSAL_KINDS`]).
+    pub edge_refusals: [AtomicU64; policy::REFUSAL_KINDS.len()],
 }
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
@@ -204,8 +209,8 @@ pub struct Relay {
     quic_cert: Arc<certs::SwapResolver>,
     /// Certificate for HTTPS: the identity, or the ACME certificate.
     https_cert: Arc<certs::SwapResolver>,
-    meter: policy::Meter,
-    auth_throttle: policy::AuthThrottle,
+    meter: limits::Meter,
+    auth_throttle: limits::AuthThrottle,
 }
 
 impl std::fmt::Debug for Relay {
@@ -242,11 +247,11 @@ impl Relay {
         {
             https_cert.replace(&cached)?;
         }
-        let auth_throttle = policy::AuthThrottle::new(cfg.auth_failures_per_minute);
+        let auth_throttle = limits::AuthThrottle::new(cfg.auth_failures_per_minute);
         Ok(Arc::new(Self {
             quic_cert,
             https_cert,
-            meter: policy::Meter::default(),
+            meter: limits::Meter::default(),
             auth_throttle,
             cfg,
             pin,

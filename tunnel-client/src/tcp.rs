@@ -53,6 +53,7 @@ async fn run_inner(
             name: args.port.map(relay_server::tcp::port_name),
             target,
             options: Vec::new(),
+            rules: Arc::default(),
         }],
         local_mode: false,
         inspect_url: None,
