@@ -111,5 +111,6 @@ pub fn render_metrics(relay: &Relay) -> String {
         "porthole_requests_in_flight {}",
         m.in_flight.load(Ordering::Relaxed)
     );
+    crate::queue::render_metrics(relay.queue(), &mut out);
     out
 }

@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// A client silent for this long is considered gone [default: 3s].
     #[arg(long, value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Durable queue settings (`[queue]` in the file).
+    #[command(flatten)]
+    pub queue: crate::queue::QueueArgs,
 }
 
 /// The `relay.toml` file: the same keys as the flags.
@@ -140,6 +143,8 @@ pub struct FileConfig {
     /// See [`ServeArgs::idle_timeout`].
     #[serde(default, deserialize_with = "duration_de::opt")]
     pub idle_timeout: Option<Duration>,
+    /// The `[queue]` table: see [`crate::queue::QueueArgs`].
+    pub queue: Option<crate::queue::QueueFile>,
 }
 
 impl FileConfig {
@@ -186,6 +191,8 @@ pub struct RelayConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// QUIC idle timeout.
     pub idle_timeout: Duration,
+    /// Durable queue settings.
+    pub queue: crate::queue::QueueConfig,
 }
 
 /// The default data dir: `$XDG_DATA_HOME/porthole-relay`, else
@@ -220,6 +227,7 @@ impl RelayConfig {
             max_body_bytes: None,
             trusted_proxies: Vec::new(),
             idle_timeout: Duration::from_secs(3),
+            queue: crate::queue::QueueConfig::default(),
         }
     }
 
@@ -276,6 +284,7 @@ impl RelayConfig {
         if let Some(t) = args.idle_timeout.or(file.idle_timeout) {
             cfg.idle_timeout = t;
         }
+        cfg.queue = crate::queue::QueueConfig::resolve(&args.queue, file.queue)?;
         if cfg.tunnel_addr.is_none() {
             anyhow::bail!("--tunnel-addr cannot be off: clients connect there");
         }

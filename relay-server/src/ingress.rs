@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::headers::{match_host, normalize_host, set_forwarded, strip_hop_by_hop, HostMatch};
+use crate::queue::Decision;
 use crate::quic::{
     encode_head, pump_body, read_head, recv_body, GuardedSend, StreamError, TunnelBody,
 };
@@ -230,7 +231,16 @@ async fn route(
             );
         }
     };
-    let Some(route) = relay.registry.lookup(&name) else {
+    let route = relay.registry.lookup(&name);
+    match relay.queue.decide(relay, &name, route.is_some()) {
+        Decision::Pass => {}
+        Decision::Reject => return crate::queue::offline_reject(&name, &relay.cfg.domain),
+        Decision::Queue => {
+            return crate::queue::accept(relay, &name, req, visitor.peer, visitor.scheme, &host)
+                .await
+        }
+    }
+    let Some(route) = route else {
         relay.metrics.no_tunnel.fetch_add(1, Ordering::Relaxed);
         return text(
             StatusCode::NOT_FOUND,

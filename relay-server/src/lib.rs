@@ -13,6 +13,8 @@
 //! - [`headers`]: pure header rules (host matching, hop-by-hop, X-Forwarded-*).
 //! - [`quic`]: QUIC tuning and data-stream I/O, shared with the client.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`store`]: the durable queue's storage (trait + SQLite).
+//! - [`queue`]: queue and offline modes, redelivery, retries, dead letters.
 //!
 //! [`Relay::run`] takes already-bound listeners and a shutdown future, so tests and the
 //! client's local mode run relays on ephemeral ports. See `docs/internals.md` for the
@@ -25,9 +27,11 @@ pub mod config;
 pub mod headers;
 pub mod ingress;
 pub mod names;
+pub mod queue;
 pub mod quic;
 pub mod registry;
 pub mod session;
+pub mod store;
 pub mod tls;
 pub mod tokens;
 
@@ -152,6 +156,7 @@ pub struct Relay {
     next_exchange: AtomicU64,
     metrics: Metrics,
     draining: CancellationToken,
+    queue: queue::Queue,
     url_port: Mutex<Option<(u16, &'static str)>>,
 }
 
@@ -178,6 +183,14 @@ impl Relay {
         let pin = identity.pin()?;
         let tokens = TokenStore::open(&cfg.data_dir)
             .with_context(|| format!("opening token store in {}", cfg.data_dir.display()))?;
+        let store = store::sqlite::SqliteStore::open(
+            &cfg.data_dir,
+            store::sqlite::SqliteOptions {
+                min_free_bytes: cfg.queue.min_free_bytes,
+            },
+        )
+        .context("opening the queue")?;
+        let queue = queue::Queue::new(store, cfg.queue.clone());
         Ok(Arc::new(Self {
             cfg,
             identity,
@@ -189,6 +202,7 @@ impl Relay {
             next_exchange: AtomicU64::new(1),
             metrics: Metrics::default(),
             draining: CancellationToken::new(),
+            queue,
             url_port: Mutex::new(None),
         }))
     }
@@ -211,6 +225,11 @@ impl Relay {
     /// Counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The durable queue.
+    pub fn queue(&self) -> &queue::Queue {
+        &self.queue
     }
 
     /// The public URL of tunnel `name`.
@@ -264,6 +283,7 @@ impl Relay {
             endpoint.clone(),
             stop_accepting.clone(),
         ));
+        tasks.spawn(queue::Queue::run(self.clone()));
         tasks.spawn(session::watch_revocations(
             self.clone(),
             stop_accepting.clone(),

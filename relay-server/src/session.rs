@@ -295,6 +295,10 @@ async fn serve_control(
                 let answer = bind(relay, conn, id, token, bound, name, kind, reserve, &options);
                 ctrl.send(&answer).await?;
             }
+            Some(ClientMessage::Queue(op)) => {
+                let json = crate::queue::handle_op(relay, token, op).await;
+                ctrl.send(&ServerMessage::QueueReport { json }).await?;
+            }
             Some(ClientMessage::Hello { .. }) => {
                 conn.close(VarInt::from_u32(codes::CLOSE_PROTOCOL), b"second hello");
                 return Ok(());
@@ -328,6 +332,10 @@ fn bind(
             ),
         );
     }
+    let delivery = match crate::queue::delivery_option(options) {
+        Ok(d) => d.unwrap_or_default(),
+        Err(m) => return refused(ErrorCode::Other(400), m),
+    };
     if kind != TunnelKind::Http {
         return refused(
             ErrorCode::Other(501),
@@ -416,6 +424,7 @@ fn bind(
         }
     };
     info!(%name, tunnel_id, "tunnel bound");
+    relay.queue.on_bind(relay, name.as_str(), delivery);
     let url = relay.public_url(name.as_str());
     bound.push(name.clone());
     ServerMessage::Bound {

@@ -9,8 +9,11 @@ pub fn is_known(tag: u16) -> bool {
     KNOWN.contains(&(tag & !crate::TunnelOption::CRITICAL))
 }
 
+/// Delivery mode and offline behaviour ([`crate::delivery::Delivery`]); sent critical.
+pub const DELIVERY: u16 = 0x0010;
+
 /// Every tag this build knows, without the critical bit.
-const KNOWN: &[u16] = &[];
+const KNOWN: &[u16] = &[DELIVERY];
 
 #[cfg(test)]
 mod tests {
@@ -20,5 +23,6 @@ mod tests {
     fn unknown_tags_are_unknown() {
         assert!(!is_known(0x7fff));
         assert!(!is_known(0xffff));
+        assert!(is_known(DELIVERY | crate::TunnelOption::CRITICAL));
     }
 }
