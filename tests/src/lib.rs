@@ -298,8 +298,33 @@ impl Client {
         Ok(Self { proc, ready, name })
     }
 
+    /// Like [`Client::start`], with extra environment (say `PORTHOLE_DATA_DIR`).
+    pub async fn start_with_env(
+        relay: &Relay,
+        target: &str,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut proc = Self::spawn_with_env(relay, target, token, extra, env)?;
+        let ready = proc.event("ready", READY_TIMEOUT).await?;
+        let name = ready["name"].as_str().unwrap_or_default().to_owned();
+        Ok(Self { proc, ready, name })
+    }
+
     /// Spawns the client without waiting for readiness.
     pub fn spawn(relay: &Relay, target: &str, token: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+        Self::spawn_with_env(relay, target, token, extra, &[])
+    }
+
+    /// Spawns the client with extra environment, without waiting for readiness.
+    pub fn spawn_with_env(
+        relay: &Relay,
+        target: &str,
+        token: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Proc> {
         let mut args: Vec<String> = vec![
             "http".into(),
             target.into(),
@@ -312,7 +337,9 @@ impl Client {
             "--json".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Proc::spawn(&bin("porthole"), &args, &[("PORTHOLE_TOKEN", token)])
+        let mut all = vec![("PORTHOLE_TOKEN", token)];
+        all.extend_from_slice(env);
+        Proc::spawn(&bin("porthole"), &args, &all)
     }
 
     /// The Host header that reaches this tunnel.

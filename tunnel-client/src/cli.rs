@@ -25,6 +25,8 @@ pub enum Command {
     Requests(crate::inspector::cli::RequestsArgs),
     /// Replay a captured exchange (optionally edited) through a running porthole.
     Replay(crate::inspector::cli::ReplayArgs),
+    /// List, retry or drop exchanges in the relay's durable queue for your names.
+    Queue(crate::queue_cmd::QueueArgs),
 }
 
 /// Flags of `porthole http`.
@@ -73,4 +75,12 @@ pub struct HttpArgs {
     /// Bytes of each body kept for the inspector.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub capture_body_bytes: usize,
+    /// `queue`: the relay stores each request, answers 202 at once and delivers it in
+    /// order; `passthrough`: the sender waits for your app [relay default: passthrough].
+    #[arg(long)]
+    pub delivery: Option<shared_proto::delivery::DeliveryMode>,
+    /// While this client is offline, a reserved name's requests are stored (`queue`)
+    /// or answered 503 with Retry-After (`reject`) [relay default: queue].
+    #[arg(long)]
+    pub offline: Option<shared_proto::delivery::OfflineMode>,
 }

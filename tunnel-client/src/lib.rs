@@ -12,15 +12,19 @@
 //! - [`inspector`]: history in SQLite, the web UI and its API, replay.
 //! - [`output`]: console lines and `--json` events.
 //! - [`local`]: local mode (in-process relay) and the built-in target.
+//! - [`dedup`]: queued exchanges already delivered, so redeliveries reach the app once.
+//! - [`queue_cmd`]: `porthole queue list | retry | drop`.
 
 #![warn(missing_docs)]
 
 pub mod capture;
 pub mod cli;
+pub mod dedup;
 pub mod forwarder;
 pub mod inspector;
 pub mod local;
 pub mod output;
+pub mod queue_cmd;
 pub mod session;
 pub mod trust;
 
@@ -102,6 +106,8 @@ async fn run_http_inner(
         None => (0, 1),
     };
     let forwarder = Forwarder::new(sinks, body_cap, first_id);
+    let dedup_path = inspector::default_db_path()?.with_file_name(dedup::FILE);
+    forwarder.set_dedup(Arc::new(dedup::Dedup::open(&dedup_path)?));
     let inspect_url = match inspector {
         Some((inspector, listener, url)) => {
             let replayer: Arc<dyn capture::Replayer> = forwarder.clone();
@@ -126,7 +132,7 @@ async fn run_http_inner(
         tunnels: vec![TunnelSpec {
             name: args.name.clone(),
             target,
-            options: Vec::new(),
+            options: delivery_options(&args),
         }],
         local_mode,
         inspect_url,
@@ -134,6 +140,19 @@ async fn run_http_inner(
     let result = session::run(cfg, forwarder, output, shutdown).await;
     drop(local_relay);
     result
+}
+
+/// The delivery option of the bind, when a flag asks for one (without flags the
+/// relay's defaults apply and older relays keep working).
+fn delivery_options(args: &HttpArgs) -> Vec<shared_proto::TunnelOption> {
+    if args.delivery.is_none() && args.offline.is_none() {
+        return Vec::new();
+    }
+    let d = shared_proto::delivery::Delivery {
+        mode: args.delivery.unwrap_or_default(),
+        offline: args.offline.unwrap_or_default(),
+    };
+    vec![d.to_option()]
 }
 
 /// Opens the inspector's history and binds its listener, unless `--inspect off`.

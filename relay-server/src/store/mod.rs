@@ -22,7 +22,9 @@ use shared_proto::{Header, Scheme};
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// Id of a stored exchange: grows with arrival order, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct QueueId(pub u64);
 
 impl std::fmt::Display for QueueId {
@@ -32,7 +34,7 @@ impl std::fmt::Display for QueueId {
 }
 
 /// Where a stored exchange stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Waiting for (re)delivery.
@@ -95,7 +97,7 @@ pub struct Stored {
 }
 
 /// One exchange as listed (no body).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// Its id.
     pub id: QueueId,
