@@ -566,10 +566,15 @@ async fn a_full_disk_answers_507_and_the_queue_stays_readable() {
     let _client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &["--name", "full"], &env)
         .await
         .unwrap();
-    wait_until(Duration::from_secs(60), "the queue to drain", || {
-        admin_list(&relay, &["--state", "queued"]).is_empty()
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !admin_list(&relay, &["--state", "queued"]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not drain; relay log:\n{}",
+            relay.proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_exactly_once_in_order(&acked, &target.delivered());
     drop(relay);
     drop(disk);

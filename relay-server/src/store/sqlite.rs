@@ -331,6 +331,37 @@ impl Writer {
         }
     }
 
+    fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(self.dir.join(format!("{QUEUE_DB_FILE}-wal")))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Moves the WAL into the main file and truncates it, giving its space back.
+    fn checkpoint(&self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!("queue store checkpoint: {e}");
+        }
+    }
+
+    /// Near a full disk, checkpoints early (SQLite's own threshold is 4 MiB of WAL),
+    /// so that state updates keep finding room.
+    fn checkpoint_if_tight(&self) {
+        let wal = self.wal_bytes();
+        if wal < 64 * 1024 {
+            return;
+        }
+        if self
+            .free_bytes()
+            .is_some_and(|free| free < self.options.min_free_bytes.saturating_add(2 * wal))
+        {
+            self.checkpoint();
+        }
+    }
+
     fn free_bytes(&self) -> Option<u64> {
         let s = rustix::fs::statvfs(&self.dir).ok()?;
         Some(s.f_bavail.saturating_mul(s.f_frsize))
@@ -345,10 +376,16 @@ impl Writer {
                 _ => 0,
             })
             .sum();
+        // The WAL is counted too: a checkpoint copies it into the main file, so that
+        // much room must stay free for the store to keep working.
         let no_room = incoming > 0
-            && self
-                .free_bytes()
-                .is_some_and(|free| free < self.options.min_free_bytes.saturating_add(incoming));
+            && self.free_bytes().is_some_and(|free| {
+                free < self
+                    .options
+                    .min_free_bytes
+                    .saturating_add(incoming)
+                    .saturating_add(self.wal_bytes())
+            });
 
         let mut replies = Vec::with_capacity(batch.len());
         let result = (|| -> Result<(), Abort> {
@@ -372,10 +409,14 @@ impl Writer {
                 for (reply, answer) in replies {
                     let _ = reply.send(answer);
                 }
+                self.checkpoint_if_tight();
             }
             Err(Abort(e)) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.sizes.clear();
+                if matches!(e, StoreError::DiskFull(_)) {
+                    self.checkpoint();
+                }
                 if matches!(e, StoreError::DiskFull(_)) {
                     tracing::error!("queue store: {e}: the batch was rolled back, nothing stored");
                 } else {
