@@ -1061,8 +1061,8 @@ pub fn print_entries(
     }
     writeln!(
         out,
-        "{:>8}  {:<20} {:<9} {:>8} {:>6}  {:<20} {}",
-        "ID", "NAME", "STATE", "ATTEMPTS", "STATUS", "RECEIVED", "REQUEST"
+        "{:>8}  {:<20} {:<9} {:>8} {:>6}  {:<20} REQUEST",
+        "ID", "NAME", "STATE", "ATTEMPTS", "STATUS", "RECEIVED"
     )?;
     for e in entries {
         let received = humantime::format_rfc3339_seconds(

@@ -38,30 +38,38 @@ impl Flaky {
             while let Ok((stream, _)) = listener.accept().await {
                 let (f, g) = (f.clone(), g.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (f, g) = (f.clone(), g.clone());
-                        async move {
-                            let header = |n: &str| {
-                                req.headers()
-                                    .get(n)
-                                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                            };
-                            let queue_id = header("x-porthole-queue-id");
-                            let attempt = header("x-porthole-attempt");
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let fail = f.load(Ordering::SeqCst);
-                            let status = if fail == 0 { 200 } else { fail };
-                            g.lock().unwrap().push(Got {
-                                body: String::from_utf8_lossy(&body).into_owned(),
-                                queue_id,
-                                attempt,
-                                status,
-                            });
-                            let mut r = http::Response::new(Full::new(Bytes::from_static(b"ok")));
-                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    });
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let (f, g) = (f.clone(), g.clone());
+                            async move {
+                                let header = |n: &str| {
+                                    req.headers()
+                                        .get(n)
+                                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                                };
+                                let queue_id = header("x-porthole-queue-id");
+                                let attempt = header("x-porthole-attempt");
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let fail = f.load(Ordering::SeqCst);
+                                let status = if fail == 0 { 200 } else { fail };
+                                g.lock().unwrap().push(Got {
+                                    body: String::from_utf8_lossy(&body).into_owned(),
+                                    queue_id,
+                                    attempt,
+                                    status,
+                                });
+                                let mut r =
+                                    http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                                *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                                Ok::<_, std::convert::Infallible>(r)
+                            }
+                        },
+                    );
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -123,7 +131,9 @@ async fn flood(
     for _ in 0..conns {
         let (next, out, host) = (next.clone(), out.clone(), host.clone());
         tasks.push(tokio::spawn(async move {
-            let Ok(mut c) = connect(addr).await else { return };
+            let Ok(mut c) = connect(addr).await else {
+                return;
+            };
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if i >= n {
@@ -194,7 +204,12 @@ fn assert_exactly_once_in_order(acked: &[Sent], delivered: &[Got]) {
     let mut acked: Vec<&Sent> = acked.iter().collect();
     acked.sort_by_key(|s| s.id);
     for s in &acked {
-        assert_eq!(seen.get(&s.body), Some(&1), "{} was acknowledged but not delivered", s.body);
+        assert_eq!(
+            seen.get(&s.body),
+            Some(&1),
+            "{} was acknowledged but not delivered",
+            s.body
+        );
     }
     // Arrival order: the acknowledged webhooks reach the app in queue-id order.
     let position: std::collections::HashMap<&str, usize> = delivered
@@ -223,14 +238,30 @@ async fn a_thousand_webhooks_sent_offline_arrive_once_each_in_order() {
     flood(relay.http, "hooks.localhost".into(), 1000, 16, sent.clone()).await;
     let sent = sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 1000);
-    assert!(sent.iter().all(|s| s.status == 202 && s.id.is_some()), "{:?}", sent.iter().find(|s| s.status != 202));
-    assert!(target.all().is_empty(), "nothing reaches the app while it is offline");
+    assert!(
+        sent.iter().all(|s| s.status == 202 && s.id.is_some()),
+        "{:?}",
+        sent.iter().find(|s| s.status != 202)
+    );
+    assert!(
+        target.all().is_empty(),
+        "nothing reaches the app while it is offline"
+    );
     assert_eq!(admin_list(&relay, &["--state", "queued"]).len(), 1000);
 
-    let _client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &["--name", "hooks"], &env)
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(90), "1000 deliveries", || target.delivered().len() >= 1000).await;
+    let _client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--name", "hooks"],
+        &env,
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(90), "1000 deliveries", || {
+        target.delivered().len() >= 1000
+    })
+    .await;
     wait_until(Duration::from_secs(30), "the queue to drain", || {
         admin_list(&relay, &["--state", "queued"]).is_empty()
     })
@@ -253,18 +284,39 @@ async fn relay_killed_during_a_flood_loses_nothing_it_acknowledged() {
     reserve(&relay, &token, "hooks", &env, &[]).await;
 
     let sent = Arc::new(Mutex::new(Vec::new()));
-    let flooding = tokio::spawn(flood(relay.http, "hooks.localhost".into(), 20_000, 32, sent.clone()));
-    wait_until(Duration::from_secs(60), "300 acknowledgements", || sent.lock().unwrap().len() >= 300).await;
+    let flooding = tokio::spawn(flood(
+        relay.http,
+        "hooks.localhost".into(),
+        20_000,
+        32,
+        sent.clone(),
+    ));
+    wait_until(Duration::from_secs(60), "300 acknowledgements", || {
+        sent.lock().unwrap().len() >= 300
+    })
+    .await;
     // SIGKILL mid-flood, then start again on the same ports and data dir.
     relay.restart(&[]).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), flooding).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), flooding)
+        .await
+        .unwrap()
+        .unwrap();
     let sent: Vec<Sent> = sent.lock().unwrap().clone();
-    assert!(sent.iter().all(|s| s.status == 202), "every answer before the kill was 202");
+    assert!(
+        sent.iter().all(|s| s.status == 202),
+        "every answer before the kill was 202"
+    );
     assert!(sent.len() < 20_000, "the kill came mid-flood");
 
-    let _client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &["--name", "hooks"], &env)
-        .await
-        .unwrap();
+    let _client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--name", "hooks"],
+        &env,
+    )
+    .await
+    .unwrap();
     wait_until(Duration::from_secs(90), "the queue to drain", || {
         admin_list(&relay, &["--state", "queued"]).is_empty()
     })
@@ -292,17 +344,36 @@ async fn a_failing_target_gets_the_webhooks_once_it_recovers() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().display().to_string();
     let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
-    let client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &["--name", "flaky", "--delivery", "queue"], &env)
-        .await
-        .unwrap();
+    let client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--name", "flaky", "--delivery", "queue"],
+        &env,
+    )
+    .await
+    .unwrap();
     let mut sent = Vec::new();
     let mut c = connect(relay.http).await.unwrap();
     for i in 0..3 {
         let body = format!("{{\"n\":{i}}}");
-        let a = send(&mut c, &client.host(), "POST", "/hook", &[], Bytes::from(body.clone())).await.unwrap();
+        let a = send(
+            &mut c,
+            &client.host(),
+            "POST",
+            "/hook",
+            &[],
+            Bytes::from(body.clone()),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.status, 202, "queue mode answers at once");
         assert!(a.body.starts_with(b"{\"queued\":true"), "{:?}", a.body);
-        sent.push(Sent { body, status: a.status, id: a.header("x-porthole-queue-id").map(|v| queue_num(&v)) });
+        sent.push(Sent {
+            body,
+            status: a.status,
+            id: a.header("x-porthole-queue-id").map(|v| queue_num(&v)),
+        });
     }
     wait_until(Duration::from_secs(20), "three failed attempts", || {
         target.all().iter().filter(|g| g.status == 503).count() >= 3
@@ -311,7 +382,10 @@ async fn a_failing_target_gets_the_webhooks_once_it_recovers() {
     // Order holds while failing: only the first webhook is tried.
     assert!(target.all().iter().all(|g| g.body == sent[0].body));
     target.fail.store(0, Ordering::SeqCst);
-    wait_until(Duration::from_secs(20), "three deliveries", || target.delivered().len() >= 3).await;
+    wait_until(Duration::from_secs(20), "three deliveries", || {
+        target.delivered().len() >= 3
+    })
+    .await;
     wait_until(Duration::from_secs(10), "the queue to drain", || {
         admin_list(&relay, &["--state", "queued"]).is_empty()
     })
@@ -321,14 +395,22 @@ async fn a_failing_target_gets_the_webhooks_once_it_recovers() {
     let attempt: u32 = delivered[0].attempt.as_deref().unwrap().parse().unwrap();
     assert!(attempt >= 4, "first delivered on attempt {attempt}");
     let entries = admin_list(&relay, &[]);
-    assert!(entries.iter().all(|e| e["state"] == "delivered"), "{entries:?}");
+    assert!(
+        entries.iter().all(|e| e["state"] == "delivered"),
+        "{entries:?}"
+    );
 }
 
 fn porthole_queue(relay: &Relay, token: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(bin("porthole"))
         .arg("queue")
         .args(args)
-        .args(["--relay", &relay.tunnel.to_string(), "--relay-pin", &relay.pin])
+        .args([
+            "--relay",
+            &relay.tunnel.to_string(),
+            "--relay-pin",
+            &relay.pin,
+        ])
         .env("PORTHOLE_TOKEN", token)
         .env_remove("PORTHOLE_RELAY")
         .env_remove("PORTHOLE_RELAY_PIN")
@@ -348,13 +430,26 @@ async fn a_target_that_never_recovers_ends_dead_lettered_and_visible() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().display().to_string();
     let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
-    let client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &["--name", "doomed", "--delivery", "queue"], &env)
+    let client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--name", "doomed", "--delivery", "queue"],
+        &env,
+    )
+    .await
+    .unwrap();
+    for i in 0..2 {
+        let a = request(
+            relay.http,
+            &client.host(),
+            "POST",
+            "/hook",
+            &[],
+            Bytes::from(format!("{{\"n\":{i}}}")),
+        )
         .await
         .unwrap();
-    for i in 0..2 {
-        let a = request(relay.http, &client.host(), "POST", "/hook", &[], Bytes::from(format!("{{\"n\":{i}}}")))
-            .await
-            .unwrap();
         assert_eq!(a.status, 202);
     }
     wait_until(Duration::from_secs(20), "two dead letters", || {
@@ -372,7 +467,11 @@ async fn a_target_that_never_recovers_ends_dead_lettered_and_visible() {
     // The client's view: `porthole queue list`.
     let out = porthole_queue(&relay, &token, &["list"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(text.matches(" dead ").count(), 2, "{text}");
     // Another token sees none of it and cannot touch it.
     let out = porthole_queue(&relay, &other, &["list"]);
@@ -386,11 +485,22 @@ async fn a_target_that_never_recovers_ends_dead_lettered_and_visible() {
     // Retry one once the target is back; drop the other.
     target.fail.store(0, Ordering::SeqCst);
     let out = porthole_queue(&relay, &token, &["retry", &id_old.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_until(Duration::from_secs(20), "the retried delivery", || target.delivered().len() == 1).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(20), "the retried delivery", || {
+        target.delivered().len() == 1
+    })
+    .await;
     assert_eq!(target.delivered()[0].body, "{\"n\":0}");
     let out = porthole_queue(&relay, &token, &["drop", &id_new.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let left = admin_list(&relay, &[]);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["state"], "delivered");
@@ -406,9 +516,14 @@ async fn queue_and_offline_modes_answer_the_sender_as_configured() {
     )
     .unwrap();
     let cfg = config.display().to_string();
-    let relay = Relay::start_in(dir.clone(), "127.0.0.1:0", "127.0.0.1:0", &["--config", &cfg])
-        .await
-        .unwrap();
+    let relay = Relay::start_in(
+        dir.clone(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &["--config", &cfg],
+    )
+    .await
+    .unwrap();
     let token = relay.token("dev").unwrap();
     let target = Target::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -416,49 +531,112 @@ async fn queue_and_offline_modes_answer_the_sender_as_configured() {
     let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
 
     // Queue mode: the sender is answered (as configured) before the app answers.
-    let client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &["--delivery", "queue"], &env)
-        .await
-        .unwrap();
+    let client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--delivery", "queue"],
+        &env,
+    )
+    .await
+    .unwrap();
     let started = Instant::now();
-    let a = request(relay.http, &client.host(), "POST", "/slow?ms=3000", &[], Bytes::from("x"))
-        .await
-        .unwrap();
+    let a = request(
+        relay.http,
+        &client.host(),
+        "POST",
+        "/slow?ms=3000",
+        &[],
+        Bytes::from("x"),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(&a.body[..], b"accepted");
     assert!(started.elapsed() < Duration::from_secs(2));
-    wait_until(Duration::from_secs(20), "the slow delivery", || !target.seen().is_empty()).await;
+    wait_until(Duration::from_secs(20), "the slow delivery", || {
+        !target.seen().is_empty()
+    })
+    .await;
 
     // The operator's table wins over a client that asked for nothing.
-    let ops = Client::start_with_env(&relay, &target.addr.to_string(), &token, &["--name", "ops"], &env)
+    let ops = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--name", "ops"],
+        &env,
+    )
+    .await
+    .unwrap();
+    let a = request(relay.http, &ops.host(), "POST", "/", &[], Bytes::from("y"))
         .await
         .unwrap();
-    let a = request(relay.http, &ops.host(), "POST", "/", &[], Bytes::from("y")).await.unwrap();
     assert_eq!(a.status, 201);
 
     // Offline, reject: 503 with Retry-After, so the sender's own retries work.
     reserve(&relay, &token, "rej", &env, &["--offline", "reject"]).await;
-    let a = request(relay.http, "rej.localhost", "POST", "/", &[], Bytes::from("z")).await.unwrap();
+    let a = request(
+        relay.http,
+        "rej.localhost",
+        "POST",
+        "/",
+        &[],
+        Bytes::from("z"),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 503);
     assert_eq!(a.header("retry-after").as_deref(), Some("30"));
 
     // Offline, queue (the default for reserved names): stored and answered.
     reserve(&relay, &token, "keep", &env, &[]).await;
-    let a = request(relay.http, "keep.localhost", "POST", "/", &[], Bytes::from("w")).await.unwrap();
+    let a = request(
+        relay.http,
+        "keep.localhost",
+        "POST",
+        "/",
+        &[],
+        Bytes::from("w"),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 200, "the [queue] status applies");
     // A name nobody reserved is still simply absent.
-    let a = request(relay.http, "nobody.localhost", "POST", "/", &[], Bytes::new()).await.unwrap();
+    let a = request(
+        relay.http,
+        "nobody.localhost",
+        "POST",
+        "/",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 404);
     // Passthrough (a client without flags) still waits for the app.
     let pass = Client::start_with_env(&relay, &target.addr.to_string(), &token, &[], &env)
         .await
         .unwrap();
-    let a = request(relay.http, &pass.host(), "GET", "/status/418", &[], Bytes::new()).await.unwrap();
+    let a = request(
+        relay.http,
+        &pass.host(),
+        "GET",
+        "/status/418",
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 418);
 }
 
 #[tokio::test]
 async fn a_foreign_or_corrupt_queue_file_is_refused_at_start() {
-    for content in [&b"definitely not a database, just text"[..], &[0u8; 8192][..]] {
+    for content in [
+        &b"definitely not a database, just text"[..],
+        &[0u8; 8192][..],
+    ] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("queue.sqlite3"), content).unwrap();
         let mut p = Proc::spawn(
@@ -479,10 +657,16 @@ async fn a_foreign_or_corrupt_queue_file_is_refused_at_start() {
         .unwrap();
         assert_ne!(p.wait_exit(Duration::from_secs(15)).await.unwrap(), 0);
         let err = p.stderr();
-        assert!(err.contains("cannot be used as the queue database"), "{err}");
+        assert!(
+            err.contains("cannot be used as the queue database"),
+            "{err}"
+        );
         assert!(err.contains("move it away"), "{err}");
         // The file was left as it was.
-        assert_eq!(std::fs::read(dir.path().join("queue.sqlite3")).unwrap(), content);
+        assert_eq!(
+            std::fs::read(dir.path().join("queue.sqlite3")).unwrap(),
+            content
+        );
     }
 }
 
@@ -541,9 +725,22 @@ async fn a_full_disk_answers_507_and_the_queue_stays_readable() {
     let mut refused = None;
     for i in 0..2000 {
         let body = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(8192));
-        let a = send(&mut c, "full.localhost", "POST", "/hook", &[], Bytes::from(body.clone())).await.unwrap();
+        let a = send(
+            &mut c,
+            "full.localhost",
+            "POST",
+            "/hook",
+            &[],
+            Bytes::from(body.clone()),
+        )
+        .await
+        .unwrap();
         match a.status {
-            202 => acked.push(Sent { body, status: 202, id: a.header("x-porthole-queue-id").map(|v| queue_num(&v)) }),
+            202 => acked.push(Sent {
+                body,
+                status: 202,
+                id: a.header("x-porthole-queue-id").map(|v| queue_num(&v)),
+            }),
             507 => {
                 refused = Some(a);
                 break;
@@ -555,17 +752,42 @@ async fn a_full_disk_answers_507_and_the_queue_stays_readable() {
     assert!(String::from_utf8_lossy(&refused.body).contains("storage is full"));
     assert!(!acked.is_empty());
     // The next one is refused the same way, and the log says why.
-    let a = send(&mut c, "full.localhost", "POST", "/hook", &[], Bytes::from("x".repeat(8192))).await.unwrap();
+    let a = send(
+        &mut c,
+        "full.localhost",
+        "POST",
+        "/hook",
+        &[],
+        Bytes::from("x".repeat(8192)),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, 507);
-    assert!(relay.proc.stderr().contains("storage is full"), "{}", relay.proc.stderr());
+    assert!(
+        relay.proc.stderr().contains("storage is full"),
+        "{}",
+        relay.proc.stderr()
+    );
 
     // Readable: the operator lists it, a restarted relay opens it, and the client gets
     // every acknowledged webhook once.
-    assert_eq!(admin_list(&relay, &["--state", "queued"]).len(), acked.len());
-    relay.restart(&["--queue-min-free-bytes", "262144"]).await.unwrap();
-    let _client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &["--name", "full"], &env)
+    assert_eq!(
+        admin_list(&relay, &["--state", "queued"]).len(),
+        acked.len()
+    );
+    relay
+        .restart(&["--queue-min-free-bytes", "262144"])
         .await
         .unwrap();
+    let _client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--name", "full"],
+        &env,
+    )
+    .await
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !admin_list(&relay, &["--state", "queued"]).is_empty() {
         assert!(

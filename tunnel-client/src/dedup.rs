@@ -36,9 +36,7 @@ struct Inner {
 }
 
 fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 128
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 impl Dedup {
@@ -46,8 +44,7 @@ impl Dedup {
     /// its capacity.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -60,7 +57,9 @@ impl Dedup {
         for line in text.lines() {
             lines += 1;
             // A torn last line (killed mid-write) is skipped, never misread.
-            let Some((k, s)) = line.split_once(' ') else { continue };
+            let Some((k, s)) = line.split_once(' ') else {
+                continue;
+            };
             let (Ok(status), true) = (s.parse::<u16>(), valid_key(k)) else {
                 continue;
             };
@@ -80,8 +79,7 @@ impl Dedup {
                 out.push_str(&format!("{k} {}\n", map[k]));
             }
             std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("replacing {}", path.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -126,7 +124,10 @@ impl Dedup {
         let line = format!("{key} {status}\n");
         if let Some(f) = inner.file.as_mut() {
             if let Err(e) = f.write_all(line.as_bytes()) {
-                tracing::warn!("recording a delivered webhook in {}: {e}", self.path.display());
+                tracing::warn!(
+                    "recording a delivered webhook in {}: {e}",
+                    self.path.display()
+                );
             }
         }
     }

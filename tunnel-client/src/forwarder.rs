@@ -281,7 +281,10 @@ impl Forwarder {
         let queue_key = head
             .headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(relay_server::queue::QUEUE_ID_HEADER))
+            .find(|h| {
+                h.name
+                    .eq_ignore_ascii_case(relay_server::queue::QUEUE_ID_HEADER)
+            })
             .map(|h| String::from_utf8_lossy(&h.value).into_owned());
         let dedup = queue_key.as_ref().and(self.dedup.get()).cloned();
         if let (Some(key), Some(dedup)) = (&queue_key, &dedup) {

@@ -126,9 +126,13 @@ async fn ask(relay: &str, token: Secret, trust: &Trust, op: QueueOp) -> anyhow::
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
         .unwrap_or(relay)
         .to_owned();
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .expect("literal address");
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal address");
     let sock = relay_server::quic::udp_socket(bind).context("opening UDP socket")?;
     let ep = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -162,7 +166,9 @@ async fn ask(relay: &str, token: Secret, trust: &Trust, op: QueueOp) -> anyhow::
             Some(ServerMessage::QueueReport { json }) => break json,
             Some(ServerMessage::GoAway { .. }) => continue,
             Some(other) => bail!("unexpected answer from relay: {other:?}"),
-            None => bail!("the relay closed the session without answering (is it older than this client?)"),
+            None => bail!(
+                "the relay closed the session without answering (is it older than this client?)"
+            ),
         }
     };
     let _ = send.finish();

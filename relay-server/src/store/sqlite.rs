@@ -652,10 +652,7 @@ fn encode_headers(headers: &[Header]) -> Vec<u8> {
 
 fn decode_headers(mut b: &[u8]) -> Vec<Header> {
     let mut out = Vec::new();
-    loop {
-        let Some((n, rest)) = b.split_first_chunk::<2>() else {
-            break;
-        };
+    while let Some((n, rest)) = b.split_first_chunk::<2>() {
         let n = u16::from_be_bytes(*n) as usize;
         let Some((name, rest)) = (rest.len() >= n).then(|| rest.split_at(n)) else {
             break;
@@ -764,7 +761,7 @@ impl QueueStore for SqliteStore {
                         out.push(r?);
                     }
                 }
-                out.sort_by(|a, b| b.id.cmp(&a.id));
+                out.sort_by_key(|e| std::cmp::Reverse(e.id));
                 out.truncate(limit);
                 Ok(out)
             }
