@@ -1115,3 +1115,68 @@ pub enum AdminOp {
         id: u64,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> QueueFile {
+        #[derive(Deserialize)]
+        struct Wrap {
+            queue: QueueFile,
+        }
+        toml::from_str::<Wrap>(text).map(|w| w.queue).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_table_and_names_are_checked() {
+        let f = file(
+            "[queue]\nstatus = 200\nmax_attempts = 3\nretry_base = \"2s\"\n\
+             [queue.names.Pay-Hooks]\ndelivery = \"queue\"\noffline = \"reject\"\nmax_count = 5\n",
+        );
+        let args = QueueArgs {
+            queue_status: Some(201),
+            ..Default::default()
+        };
+        let c = QueueConfig::resolve(&args, Some(f)).unwrap();
+        assert_eq!(c.status, 201);
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.backoff(1), Duration::from_secs(2));
+        assert_eq!(c.backoff(3), Duration::from_secs(8));
+        assert_eq!(c.backoff(40), c.retry_max);
+        let rule = &c.names["pay-hooks"];
+        assert_eq!(rule.delivery, Some(DeliveryMode::Queue));
+        assert_eq!(rule.offline, Some(OfflineMode::Reject));
+        assert_eq!(c.limits_for("pay-hooks").max_count, 5);
+        assert_eq!(c.limits_for("other").max_count, Limits::default().max_count);
+
+        let bad = file("[queue.names.x]\ndelivery = \"later\"\n");
+        let err = QueueConfig::resolve(&QueueArgs::default(), Some(bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[queue.names.x] delivery") && err.contains("queue"),
+            "{err}"
+        );
+        let bad = file("[queue.names.\"no way\"]\n");
+        assert!(QueueConfig::resolve(&QueueArgs::default(), Some(bad)).is_err());
+        let args = QueueArgs {
+            queue_status: Some(99),
+            ..Default::default()
+        };
+        assert!(QueueConfig::resolve(&args, None).is_err());
+        assert!(toml::from_str::<QueueFile>("colour = 1").is_err());
+    }
+
+    #[test]
+    fn delivery_options_are_found_and_checked() {
+        assert_eq!(delivery_option(&[]), Ok(None));
+        let d = Delivery {
+            mode: DeliveryMode::Queue,
+            offline: OfflineMode::Reject,
+        };
+        assert_eq!(delivery_option(&[d.to_option()]), Ok(Some(d)));
+        let bad = shared_proto::TunnelOption::new(shared_proto::options::DELIVERY, vec![7]);
+        assert!(delivery_option(&[bad]).is_err());
+    }
+}
