@@ -106,8 +106,16 @@ async fn run_http_inner(
         None => (0, 1),
     };
     let forwarder = Forwarder::new(sinks, body_cap, first_id);
-    let dedup_path = inspector::default_db_path()?.with_file_name(dedup::FILE);
-    forwarder.set_dedup(Arc::new(dedup::Dedup::open(&dedup_path)?));
+    // Without a place to remember deliveries, queued webhooks still arrive, but a
+    // redelivery after a relay crash could reach the app twice: say so and go on.
+    match inspector::default_db_path()
+        .and_then(|p| dedup::Dedup::open(&p.with_file_name(dedup::FILE)))
+    {
+        Ok(d) => forwarder.set_dedup(Arc::new(d)),
+        Err(e) => tracing::warn!(
+            "cannot keep the delivered-webhook set ({e:#}): redeliveries of queued webhooks will not be deduplicated"
+        ),
+    }
     let inspect_url = match inspector {
         Some((inspector, listener, url)) => {
             let replayer: Arc<dyn capture::Replayer> = forwarder.clone();
