@@ -57,8 +57,11 @@ cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 run() { # NAME → prints req/s and relay CPU µs per request
   local before after rps
   before=$(cpu "$RELAY_PID")
-  rps=$(wrk -t2 -c64 -d"${SECS}s" -H "Host: $1.localhost" -s "$WORK/post.lua" "http://$HTTP/hook" \
-        | awk '/Requests\/sec/ {print $2}')
+  wrk -t2 -c64 -d"${SECS}s" -H "Host: $1.localhost" -s "$WORK/post.lua" "http://$HTTP/hook" >"$WORK/wrk.out"
+  if grep -qE "Non-2xx|Socket errors" "$WORK/wrk.out"; then
+    echo "warning ($1): $(grep -E 'Non-2xx|Socket errors' "$WORK/wrk.out" | tr -s ' ')" >&2
+  fi
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
   after=$(cpu "$RELAY_PID")
   local ticks; ticks=$(getconf CLK_TCK)
   python3 -c 'import sys; r, b, a, t, s = float(sys.argv[1]), *map(int, sys.argv[2:6]); print(f"{r:.0f} {(a - b) * 1e6 / t / max(r * s, 1):.0f}")' \
@@ -80,4 +83,4 @@ printf '%-34s %10s %16s\n' path "req/s" "relay CPU µs/req"
 printf '%-34s %10s %16s\n' "passthrough (app answers)" "$(echo "${RPS[pbench]}" | median)" "$(echo "${CPU[pbench]}" | median)"
 printf '%-34s %10s %16s\n' "queue, client online (delivering)" "$(echo "${RPS[qbench]}" | median)" "$(echo "${CPU[qbench]}" | median)"
 printf '%-34s %10s %16s\n' "queue, client offline (store only)" "$(echo "${RPS[obench]}" | median)" "$(echo "${CPU[obench]}" | median)"
-echo "queue file: $(du -sh "$WORK/relay/queue.sqlite3" | cut -f1)"
+echo "queue file: $(du -sh "$WORK/relay/queue.sqlite3" | cut -f1); load average: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// A client silent for this long is considered gone [default: 3s].
     #[arg(long, value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Worker threads (1 = single-threaded) [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Durable queue settings (`[queue]` in the file).
     #[command(flatten)]
     pub queue: crate::queue::QueueArgs,
@@ -143,6 +146,8 @@ pub struct FileConfig {
     /// See [`ServeArgs::idle_timeout`].
     #[serde(default, deserialize_with = "duration_de::opt")]
     pub idle_timeout: Option<Duration>,
+    /// See [`ServeArgs::threads`].
+    pub threads: Option<usize>,
     /// The `[queue]` table: see [`crate::queue::QueueArgs`].
     pub queue: Option<crate::queue::QueueFile>,
 }
@@ -191,6 +196,8 @@ pub struct RelayConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// QUIC idle timeout.
     pub idle_timeout: Duration,
+    /// Runtime worker threads (`None`: one per core).
+    pub threads: Option<usize>,
     /// Durable queue settings.
     pub queue: crate::queue::QueueConfig,
 }
@@ -227,6 +234,7 @@ impl RelayConfig {
             max_body_bytes: None,
             trusted_proxies: Vec::new(),
             idle_timeout: Duration::from_secs(3),
+            threads: None,
             queue: crate::queue::QueueConfig::default(),
         }
     }
@@ -284,6 +292,7 @@ impl RelayConfig {
         if let Some(t) = args.idle_timeout.or(file.idle_timeout) {
             cfg.idle_timeout = t;
         }
+        cfg.threads = args.threads.or(file.threads).filter(|n| *n > 0);
         cfg.queue = crate::queue::QueueConfig::resolve(&args.queue, file.queue)?;
         if cfg.tunnel_addr.is_none() {
             anyhow::bail!("--tunnel-addr cannot be off: clients connect there");

@@ -7,7 +7,9 @@
 //! here collects a body.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -376,36 +378,67 @@ async fn exchange(
     send.write(encode_head(&head)?).await?;
 
     // The request body is pumped concurrently with waiting for the response head: a
-    // target may answer (say 413 or 401) before it has read the whole body.
-    let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<ExchangeError>();
-    if body.is_end_stream() {
+    // target may answer (say 413 or 401) before it has read the whole body. Usually
+    // the body is done first, so it is pumped on this task; only a body still flowing
+    // when the head arrives moves to a task of its own.
+    let mut pump: Option<Pin<Box<dyn Future<Output = Result<u64, ExchangeError>> + Send>>> = if body
+        .is_end_stream()
+    {
         send.finish();
-        drop(err_tx);
+        None
     } else {
         let max = relay.cfg.max_body_bytes;
-        tokio::spawn(async move {
-            let result = match max {
-                Some(max) => pump_body(Limited::new(body, max as usize), send)
+        Some(match max {
+            Some(max) => Box::pin(async move {
+                pump_body(Limited::new(body, max as usize), send)
                     .await
                     .map_err(|e| match e {
                         StreamError::Body(m) if m.contains("length limit") => {
                             ExchangeError::BodyTooLarge(max)
                         }
                         e => ExchangeError::Tunnel(e),
-                    }),
-                None => pump_body(body, send).await.map_err(ExchangeError::Tunnel),
-            };
-            if let Err(e) = result {
-                let _ = err_tx.send(e);
+                    })
+            }),
+            None => {
+                Box::pin(async move { pump_body(body, send).await.map_err(ExchangeError::Tunnel) })
             }
-        });
-    }
+        })
+    };
 
-    let (resp_head, first) = tokio::select! {
-        biased;
-        r = read_head::<ResponseHead>(&mut recv) => r?,
-        Ok(e @ ExchangeError::BodyTooLarge(_)) = &mut err_rx => {
-            let _ = recv.stop(quinn::VarInt::from_u32(codes::RESET_CANCELLED));
+    let head = {
+        let head_read = read_head::<ResponseHead>(&mut recv);
+        tokio::pin!(head_read);
+        loop {
+            let Some(p) = pump.as_mut() else {
+                break (&mut head_read).await.map_err(ExchangeError::Tunnel);
+            };
+            tokio::select! {
+                biased;
+                r = &mut head_read => {
+                    if let Some(rest) = pump.take() {
+                        tokio::spawn(async move {
+                            let _ = rest.await;
+                        });
+                    }
+                    break r.map_err(ExchangeError::Tunnel);
+                }
+                r = p => {
+                    pump = None;
+                    if let Err(e @ ExchangeError::BodyTooLarge(_)) = r {
+                        break Err(e);
+                    }
+                    // Other body failures (the visitor went away mid-upload) reset the
+                    // stream; the target's answer, if any, still decides.
+                }
+            }
+        }
+    };
+    let (resp_head, first) = match head {
+        Ok(h) => h,
+        Err(e) => {
+            if matches!(e, ExchangeError::BodyTooLarge(_)) {
+                let _ = recv.stop(quinn::VarInt::from_u32(codes::RESET_CANCELLED));
+            }
             return Err(e);
         }
     };

@@ -3,6 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// glibc's allocator showed up at ~10% of the relay's CPU under load; mimalloc is cheaper
+// for the many short-lived per-exchange buffers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use relay_server::config::{default_data_dir, RelayConfig, ServeArgs};
@@ -154,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { args, json } => {
             let cfg = RelayConfig::resolve(&args)?;
-            let rt = tokio::runtime::Runtime::new().context("starting runtime")?;
+            let rt = runtime(cfg.threads).context("starting runtime")?;
             rt.block_on(serve(cfg, json))
         }
         Command::Token { command } => token(command),
@@ -200,6 +205,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{pin}");
             Ok(())
         }
+    }
+}
+
+/// The relay's runtime: `threads` workers (default: one per core); 1 means a
+/// single-threaded runtime, which has the lowest latency on small machines.
+fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
     }
 }
 

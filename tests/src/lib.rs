@@ -292,13 +292,10 @@ impl Client {
         token: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut proc = Self::spawn(relay, target, token, extra)?;
-        let ready = proc.event("ready", READY_TIMEOUT).await?;
-        let name = ready["name"].as_str().unwrap_or_default().to_owned();
-        Ok(Self { proc, ready, name })
+        Self::start_with_env(relay, target, token, extra, &[]).await
     }
 
-    /// Like [`Client::start`], with extra environment (say `PORTHOLE_DATA_DIR`).
+    /// [`Client::start`] with extra environment variables.
     pub async fn start_with_env(
         relay: &Relay,
         target: &str,
@@ -312,12 +309,13 @@ impl Client {
         Ok(Self { proc, ready, name })
     }
 
-    /// Spawns the client without waiting for readiness.
+    /// Spawns the client without waiting for readiness. The inspector is off unless
+    /// `extra` passes `--inspect`.
     pub fn spawn(relay: &Relay, target: &str, token: &str, extra: &[&str]) -> anyhow::Result<Proc> {
         Self::spawn_with_env(relay, target, token, extra, &[])
     }
 
-    /// Spawns the client with extra environment, without waiting for readiness.
+    /// [`Client::spawn`] with extra environment variables.
     pub fn spawn_with_env(
         relay: &Relay,
         target: &str,
@@ -332,14 +330,15 @@ impl Client {
             relay.tunnel.to_string(),
             "--relay-pin".into(),
             relay.pin.clone(),
-            "--inspect".into(),
-            "off".into(),
             "--json".into(),
         ];
+        if !extra.contains(&"--inspect") {
+            args.extend(["--inspect".to_owned(), "off".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut all = vec![("PORTHOLE_TOKEN", token)];
-        all.extend_from_slice(env);
-        Proc::spawn(&bin("porthole"), &args, &all)
+        let mut all_env = vec![("PORTHOLE_TOKEN", token)];
+        all_env.extend_from_slice(env);
+        Proc::spawn(&bin("porthole"), &args, &all_env)
     }
 
     /// The Host header that reaches this tunnel.

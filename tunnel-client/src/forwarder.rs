@@ -165,7 +165,7 @@ impl Forwarder {
             .map_err(|never| match never {})
             .boxed_unsync();
         let result = self
-            .send_to_target(&target, &req.method, &req.uri, &wire, body)
+            .send_to_target(&target, &req.method, &req.uri, wire, body)
             .await;
         let time_to_head = started.elapsed();
         let (response, outcome) = match result {
@@ -306,27 +306,43 @@ impl Forwarder {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let id = self.ids.next();
-        let req_tap = Arc::new(Mutex::new(BodyTap::new(self.body_cap)));
-        let tap = req_tap.clone();
-        let body = recv_body(first, recv)
-            .map_frame(move |f| {
-                if let Some(d) = f.data_ref() {
-                    tap.lock().unwrap_or_else(|p| p.into_inner()).observe(d);
-                }
-                f
-            })
-            .boxed_unsync();
-        let captured_headers: Vec<(String, Vec<u8>)> = head
-            .headers
-            .iter()
-            .map(|h| (h.name.clone(), h.value.clone()))
-            .collect();
-        let method = head.method.clone();
-        let uri = head.uri.clone();
-        let visitor = head.visitor;
+        // Capture costs a copy of each body prefix and of the headers: only pay it when
+        // someone (console, inspector) will see the exchange.
+        let capture = !self.sinks.is_empty();
+        let req_tap = (capture && self.body_cap > 0)
+            .then(|| Arc::new(Mutex::new(BodyTap::new(self.body_cap))));
+        let body = match &req_tap {
+            Some(tap) => {
+                let tap = tap.clone();
+                recv_body(first, recv)
+                    .map_frame(move |f| {
+                        if let Some(d) = f.data_ref() {
+                            tap.lock().unwrap_or_else(|p| p.into_inner()).observe(d);
+                        }
+                        f
+                    })
+                    .boxed_unsync()
+            }
+            None => recv_body(first, recv),
+        };
+        let RequestHead {
+            method,
+            uri,
+            headers,
+            visitor,
+            ..
+        } = head;
+        let captured_headers: Vec<(String, Vec<u8>)> = if capture {
+            headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
 
         let result = self
-            .send_to_target(&tunnel.target, &head.method, &head.uri, &head.headers, body)
+            .send_to_target(&tunnel.target, &method, &uri, headers, body)
             .await;
         let time_to_head = started.elapsed();
 
@@ -417,14 +433,18 @@ impl Forwarder {
             }
         };
 
-        if self.sinks.is_empty() {
+        if !capture {
             return;
         }
-        let request_body = std::mem::replace(
-            &mut *req_tap.lock().unwrap_or_else(|p| p.into_inner()),
-            BodyTap::new(0),
-        )
-        .finish();
+        let request_body = req_tap
+            .map(|tap| {
+                std::mem::replace(
+                    &mut *tap.lock().unwrap_or_else(|p| p.into_inner()),
+                    BodyTap::new(0),
+                )
+                .finish()
+            })
+            .unwrap_or_default();
         let exchange = Exchange {
             id,
             replay_of: None,
@@ -451,7 +471,7 @@ impl Forwarder {
         target: &Target,
         method: &str,
         uri: &str,
-        headers: &[Header],
+        headers: Vec<Header>,
         body: TunnelBody,
     ) -> Result<Response<Incoming>, String> {
         let full_uri: Uri = format!("{}{}", target.as_str(), uri)
@@ -465,9 +485,10 @@ impl Forwarder {
         let h = req.headers_mut();
         h.reserve(headers.len());
         for Header { name, value } in headers {
+            // `from_maybe_shared` takes the Vec without copying it.
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(value),
+                HeaderValue::from_maybe_shared(Bytes::from(value)),
             ) {
                 h.append(n, v);
             }

@@ -95,7 +95,9 @@ async fn run_http_inner(
     };
 
     let mut sinks = Sinks::default();
-    sinks.push(output.clone());
+    if !args.quiet {
+        sinks.push(output.clone());
+    }
     let inspector = start_inspector(&args).await?;
     let (body_cap, first_id) = match &inspector {
         Some((i, _, _)) => {

@@ -1,0 +1,351 @@
+//! Results: per-round figures, medians, same-run ratios against direct, the printed table
+//! and the JSON file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Figures of one path in one round. `None` where a scenario did not run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Round {
+    /// c=1 latency p50, µs.
+    pub lat_p50_us: Option<f64>,
+    /// c=1 latency p99, µs.
+    pub lat_p99_us: Option<f64>,
+    /// c=1 requests/s.
+    pub lat_rps: Option<f64>,
+    /// c=64 requests/s.
+    pub thr_rps: Option<f64>,
+    /// c=64 latency p99, µs.
+    pub thr_p99_us: Option<f64>,
+    /// Requests completed in the c=64 run.
+    pub thr_requests: Option<u64>,
+    /// CPU µs per request of the tunnel processes (summed) in the c=64 run.
+    pub tunnel_cpu_us_per_req: Option<f64>,
+    /// CPU µs per request of the target in the c=64 run.
+    pub target_cpu_us_per_req: Option<f64>,
+    /// Peak RSS of each tunnel process during the c=64 run, KiB.
+    pub peak_rss_kib: BTreeMap<String, u64>,
+    /// 100 MiB (or `--bulk-mib`) download, MB/s.
+    pub download_mbps: Option<f64>,
+    /// Upload, MB/s.
+    pub upload_mbps: Option<f64>,
+    /// c=1 latency p99 while a large download runs through the same path, µs.
+    pub hol_p99_us: Option<f64>,
+    /// `hol_p99_us` ÷ `lat_p99_us` of the same path and round (head-of-line blocking).
+    pub hol_vs_idle: Option<f64>,
+    /// Socket errors and bad statuses wrk saw in this round.
+    pub errors: u64,
+}
+
+/// All rounds of one path plus one-off figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PathReport {
+    /// Row label.
+    pub name: String,
+    /// Tunnel process names.
+    pub processes: Vec<String>,
+    /// Per-round figures.
+    pub rounds: Vec<Round>,
+    /// RSS of each tunnel process right after setup and one request, KiB.
+    pub idle_rss_kib: BTreeMap<String, u64>,
+    /// RSS of each tunnel process at the end of the run, KiB.
+    pub final_rss_kib: BTreeMap<String, u64>,
+    /// Filled by [`summarize`].
+    pub summary: BTreeMap<String, Summary>,
+    /// Highest per-round peak RSS of each tunnel process under c=64 load, KiB.
+    pub peak_rss_kib: BTreeMap<String, u64>,
+}
+
+/// Median of one figure and how it compares with direct in the same rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Median over rounds.
+    pub median: f64,
+    /// Median over rounds of (this path ÷ direct), paired by round.
+    pub vs_direct: Option<f64>,
+    /// Median over rounds of (this path − direct), paired by round (latencies only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added: Option<f64>,
+}
+
+/// Time to URL figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TimeToUrl {
+    /// Spawn → first 200 through the public URL, ms, per sample.
+    pub first_200_ms: Vec<f64>,
+    /// Spawn → `ready` line, ms, per sample.
+    pub ready_ms: Vec<f64>,
+    /// Median of `first_200_ms`.
+    pub median_first_200_ms: Option<f64>,
+    /// Median of `ready_ms`.
+    pub median_ready_ms: Option<f64>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Unix time the run started.
+    pub started_unix: u64,
+    /// Wall time of the run, s.
+    pub wall_secs: f64,
+    /// Settings used.
+    pub config: serde_json::Value,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// 1-minute load average at the start and at the end of the run (other users of the
+    /// machine make absolute figures drift; only same-run ratios are comparable).
+    pub loadavg: [f64; 2],
+    /// One entry per path, direct first.
+    pub paths: Vec<PathReport>,
+    /// Client RSS with the inspector on, KiB (after one request), if measured.
+    pub client_idle_rss_inspect_on_kib: Option<u64>,
+    /// Porthole time to URL.
+    pub time_to_url: Option<TimeToUrl>,
+    /// Queue mode (`--delivery queue`: 202 once the request is durably stored, fsync
+    /// on): c=64 requests/s per round, measured right after the passthrough path.
+    pub queue_thr_rps: Vec<f64>,
+    /// Those over the same round's direct c=64 requests/s.
+    pub queue_vs_direct: Vec<f64>,
+    /// And over the same round's passthrough (porthole) c=64 requests/s.
+    pub queue_vs_passthrough: Vec<f64>,
+    /// Things that were skipped or looked off.
+    pub notes: Vec<String>,
+}
+
+/// The 1-minute load average, or NaN if unreadable.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Median of the values (NaN-free); `None` if empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+type Getter = fn(&Round) -> Option<f64>;
+
+/// Figures summarized for every path: key, accessor, whether "added over direct" is
+/// meaningful.
+const METRICS: &[(&str, Getter, bool)] = &[
+    ("lat_p50_us", |r| r.lat_p50_us, true),
+    ("lat_p99_us", |r| r.lat_p99_us, true),
+    ("lat_rps", |r| r.lat_rps, false),
+    ("thr_rps", |r| r.thr_rps, false),
+    ("thr_p99_us", |r| r.thr_p99_us, true),
+    ("tunnel_cpu_us_per_req", |r| r.tunnel_cpu_us_per_req, false),
+    ("target_cpu_us_per_req", |r| r.target_cpu_us_per_req, false),
+    ("hol_p99_us", |r| r.hol_p99_us, true),
+    ("hol_vs_idle", |r| r.hol_vs_idle, false),
+    ("download_mbps", |r| r.download_mbps, false),
+    ("upload_mbps", |r| r.upload_mbps, false),
+];
+
+/// Fills each path's `summary` and `peak_rss_kib`; paths[0] must be direct.
+pub fn summarize(paths: &mut [PathReport]) {
+    let direct = paths.first().map(|p| p.rounds.clone()).unwrap_or_default();
+    for p in paths.iter_mut() {
+        p.summary.clear();
+        for &(key, get, additive) in METRICS {
+            let vals: Vec<f64> = p.rounds.iter().filter_map(get).collect();
+            let Some(med) = median(&vals) else { continue };
+            let mut ratios = Vec::new();
+            let mut diffs = Vec::new();
+            for (r, d) in p.rounds.iter().zip(&direct) {
+                if let (Some(a), Some(b)) = (get(r), get(d)) {
+                    if b > 0.0 {
+                        ratios.push(a / b);
+                    }
+                    diffs.push(a - b);
+                }
+            }
+            p.summary.insert(
+                key.to_string(),
+                Summary {
+                    median: med,
+                    vs_direct: median(&ratios),
+                    added: if additive { median(&diffs) } else { None },
+                },
+            );
+        }
+        p.peak_rss_kib.clear();
+        for r in &p.rounds {
+            for (k, v) in &r.peak_rss_kib {
+                let e = p.peak_rss_kib.entry(k.clone()).or_default();
+                *e = (*e).max(*v);
+            }
+        }
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn cell_added(p: &PathReport, key: &str, is_direct: bool) -> String {
+    match p.summary.get(key) {
+        None => "-".into(),
+        Some(s) if is_direct => format!("{:.0}", s.median),
+        Some(s) => format!("{:.0} ({:+.0})", s.median, s.added.unwrap_or(f64::NAN)),
+    }
+}
+
+fn cell_ratio(p: &PathReport, key: &str) -> String {
+    match p.summary.get(key) {
+        None => "-".into(),
+        Some(s) => format!("{:.0} ({:.2}x)", s.median, s.vs_direct.unwrap_or(f64::NAN)),
+    }
+}
+
+/// The compact human table.
+pub fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let headers = [
+        "path",
+        "c1 p50 µs (+dir)",
+        "c1 p99 µs (+dir)",
+        "c64 req/s (×dir)",
+        "CPU µs/req",
+        "target CPU µs/req",
+        "peak RSS MiB",
+        "DL MB/s (×dir)",
+        "UL MB/s (×dir)",
+        "HOL p99 µs (×idle)",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![headers.iter().map(|s| s.to_string()).collect()];
+    for (i, p) in r.paths.iter().enumerate() {
+        let direct = i == 0;
+        let cpu = p
+            .summary
+            .get("tunnel_cpu_us_per_req")
+            .map(|s| format!("{:.1}", s.median))
+            .unwrap_or_else(|| "-".into());
+        let rss = if p.peak_rss_kib.is_empty() {
+            "-".to_string()
+        } else {
+            p.processes
+                .iter()
+                .filter_map(|n| p.peak_rss_kib.get(n).map(|v| mib(*v)))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        rows.push(vec![
+            p.name.clone(),
+            cell_added(p, "lat_p50_us", direct),
+            cell_added(p, "lat_p99_us", direct),
+            cell_ratio(p, "thr_rps"),
+            cpu,
+            p.summary
+                .get("target_cpu_us_per_req")
+                .map(|s| format!("{:.1}", s.median))
+                .unwrap_or_else(|| "-".into()),
+            rss,
+            cell_ratio(p, "download_mbps"),
+            cell_ratio(p, "upload_mbps"),
+            match (p.summary.get("hol_p99_us"), p.summary.get("hol_vs_idle")) {
+                (Some(a), Some(b)) => format!("{:.0} ({:.2}x)", a.median, b.median),
+                _ => "-".into(),
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        if i == 0 {
+            let _ = writeln!(
+                out,
+                "{}",
+                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "(medians of {} interleaved rounds; ratios and +µs paired per round against direct; target CPU µs/req = the target server's own cost; HOL = c=1 p99 during a rate-limited bulk download on the same path, ×its own idle p99)",
+        r.paths.first().map(|p| p.rounds.len()).unwrap_or(0),
+    );
+    if r.paths.len() > 1 {
+        let _ = writeln!(
+            out,
+            "(CPU µs/req and peak RSS under c=64 are of the tunnel processes: {})",
+            r.paths
+                .iter()
+                .skip(1)
+                .map(|p| format!("{} = {}", p.name, p.processes.join(" + ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let mut mem = Vec::new();
+    for p in r.paths.iter().skip(1) {
+        for n in &p.processes {
+            if let Some(v) = p.idle_rss_kib.get(n) {
+                let label = if p.name == "porthole" && n == "porthole" {
+                    "porthole (inspect off)".to_string()
+                } else {
+                    n.clone()
+                };
+                mem.push(format!("{label} {} MiB", mib(*v)));
+            }
+        }
+        if p.name == "porthole" {
+            if let Some(v) = r.client_idle_rss_inspect_on_kib {
+                mem.push(format!("porthole (inspect on) {} MiB", mib(v)));
+            }
+        }
+    }
+    if !mem.is_empty() {
+        let _ = writeln!(out, "idle RSS: {}", mem.join("; "));
+    }
+    if let Some(q) = median(&r.queue_thr_rps) {
+        let _ = writeln!(
+            out,
+            "queue mode c={}: median {q:.0} req/s (202 after fsync; {:.2} of direct, {:.2} of passthrough, same rounds)",
+            r.config.get("connections").and_then(|c| c.as_u64()).unwrap_or(64),
+            median(&r.queue_vs_direct).unwrap_or(f64::NAN),
+            median(&r.queue_vs_passthrough).unwrap_or(f64::NAN),
+        );
+    }
+    if let Some(t) = &r.time_to_url {
+        if let Some(m) = t.median_first_200_ms {
+            let min = t.first_200_ms.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = t.first_200_ms.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                out,
+                "time to URL: median {m:.1} ms to first 200 (min {min:.1}, max {max:.1}, n={}); ready line at {:.1} ms",
+                t.first_200_ms.len(),
+                t.median_ready_ms.unwrap_or(f64::NAN)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "machine: {} CPUs, load average {:.1} at start, {:.1} at end; wall time {:.0} s",
+        r.cpus, r.loadavg[0], r.loadavg[1], r.wall_secs
+    );
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    out
+}
