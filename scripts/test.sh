@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, the end-to-end harness (real relay and client
-# processes on loopback) and the inspector's browser test in headless Chromium.
+# processes on loopback), the ACME test against a local Pebble and the inspector's
+# browser test in headless Chromium.
 # Installs Chromium and ChromeDriver from Debian's packages when they are missing and
 # we are root; set PORTHOLE_SKIP_BROWSER=1 to run without a browser.
 set -euo pipefail
@@ -17,6 +18,24 @@ if [ "${PORTHOLE_SKIP_BROWSER:-}" != "1" ]; then
       echo "  sudo apt-get install chromium chromium-driver   (or PORTHOLE_SKIP_BROWSER=1)" >&2
       exit 1
     fi
+  fi
+fi
+
+# The ACME test runs Pebble (Debian's `pebble`: pebble and pebble-challtestsrv); the
+# deploy test runs `systemd-analyze verify` (Debian's `systemd`).
+missing=()
+command -v pebble >/dev/null 2>&1 && command -v pebble-challtestsrv >/dev/null 2>&1 || missing+=(pebble)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]} for the ACME, deploy and CI-script tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "the tests need: ${missing[*]}" >&2
+    echo "  sudo apt-get install ${missing[*]}" >&2
+    exit 1
   fi
 fi
 

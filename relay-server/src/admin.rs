@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Relay;
+use crate::{Relay, LATENCY_BUCKETS};
 
 /// Serves admin requests on `listener` until `stop` fires.
 pub(crate) async fn serve(relay: Arc<Relay>, listener: TcpListener, stop: CancellationToken) {
@@ -110,6 +110,83 @@ pub fn render_metrics(relay: &Relay) -> String {
         out,
         "porthole_requests_in_flight {}",
         m.in_flight.load(Ordering::Relaxed)
+    );
+    let counters: [(&str, &str, &AtomicU64); 4] = [
+        (
+            "porthole_requests_no_tunnel_total",
+            "Visitor requests for a name with no tunnel online (404).",
+            &m.no_tunnel,
+        ),
+        (
+            "porthole_bytes_in_total",
+            "Request body bytes carried from visitors into tunnels.",
+            &m.bytes_in,
+        ),
+        (
+            "porthole_bytes_out_total",
+            "Response body bytes carried from tunnels to visitors.",
+            &m.bytes_out,
+        ),
+        (
+            "porthole_auth_throttled_total",
+            "Client hellos refused because their address failed authentication too often.",
+            &m.auth_throttled,
+        ),
+    ];
+    for (name, help, c) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP porthole_limited_total Requests (429) and binds refused by per-token limits."
+    );
+    let _ = writeln!(out, "# TYPE porthole_limited_total counter");
+    for (limit, c) in [
+        ("requests_per_second", &m.limited_rate),
+        ("bandwidth", &m.limited_bandwidth),
+        ("tunnels", &m.limited_tunnels),
+    ] {
+        let _ = writeln!(
+            out,
+            "porthole_limited_total{{limit=\"{limit}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP porthole_exchange_duration_seconds Time from a visitor request to the response head from the tunnel."
+    );
+    let _ = writeln!(out, "# TYPE porthole_exchange_duration_seconds histogram");
+    let mut cumulative = 0u64;
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += m.latency[i].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "porthole_exchange_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    cumulative += m.latency[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "porthole_exchange_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        out,
+        "porthole_exchange_duration_seconds_sum {}",
+        m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(out, "porthole_exchange_duration_seconds_count {cumulative}");
+    let _ = writeln!(
+        out,
+        "# HELP porthole_queue_depth Webhooks waiting in delivery queues."
+    );
+    let _ = writeln!(out, "# TYPE porthole_queue_depth gauge");
+    let _ = writeln!(
+        out,
+        "porthole_queue_depth {}",
+        m.queue_depth.load(Ordering::Relaxed)
     );
     crate::queue::render_metrics(relay.queue(), &mut out);
     out

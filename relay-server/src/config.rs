@@ -2,6 +2,7 @@
 //! override the file, the file overrides defaults. Unknown keys are refused with their
 //! name, so a typo never silently falls back to a default.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::acme::AcmeConfig;
+use crate::policy::Limits;
 
 /// A listen address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +108,42 @@ pub struct ServeArgs {
     /// Worker threads (1 = single-threaded) [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// ACME directory URL: obtain and renew the HTTPS certificate automatically
+    /// (e.g. https://acme-v02.api.letsencrypt.org/directory).
+    #[arg(long)]
+    pub acme_directory: Option<String>,
+    /// Contact e-mail for the ACME account.
+    #[arg(long)]
+    pub acme_email: Option<String>,
+    /// The relay's own names, validated by TLS-ALPN-01 on the HTTPS port [default: the
+    /// domain].
+    #[arg(long, value_delimiter = ',')]
+    pub acme_names: Option<Vec<String>>,
+    /// Command run as `HOOK present|cleanup DOMAIN VALUE` to publish the DNS-01 TXT
+    /// record `_acme-challenge.DOMAIN` for the wildcard `*.DOMAIN`.
+    #[arg(long)]
+    pub acme_dns_hook: Option<PathBuf>,
+    /// Extra CA (PEM) trusted for the ACME directory's own HTTPS (private or test CAs).
+    #[arg(long)]
+    pub acme_ca: Option<PathBuf>,
+    /// Renew when the certificate has less than this left [default: 30d].
+    #[arg(long, value_parser = parse_duration)]
+    pub acme_renew_before: Option<Duration>,
+    /// Default per-token limit: tunnels held at once [default: unlimited].
+    #[arg(long)]
+    pub max_tunnels_per_token: Option<u32>,
+    /// Default per-token limit: visitor requests per second; over it gets 429
+    /// [default: unlimited].
+    #[arg(long)]
+    pub max_requests_per_second: Option<f64>,
+    /// Default per-token limit: bytes per second through its tunnels; over it gets 429
+    /// [default: unlimited].
+    #[arg(long)]
+    pub max_bandwidth: Option<u64>,
+    /// Failed client hellos allowed per source address per minute before it is
+    /// throttled; 0 disables [default: 10].
+    #[arg(long)]
+    pub auth_failures_per_minute: Option<u32>,
     /// Durable queue settings (`[queue]` in the file).
     #[command(flatten)]
     pub queue: crate::queue::QueueArgs,
@@ -148,6 +188,31 @@ pub struct FileConfig {
     pub idle_timeout: Option<Duration>,
     /// See [`ServeArgs::threads`].
     pub threads: Option<usize>,
+    /// See [`ServeArgs::acme_directory`].
+    pub acme_directory: Option<String>,
+    /// See [`ServeArgs::acme_email`].
+    pub acme_email: Option<String>,
+    /// See [`ServeArgs::acme_names`].
+    pub acme_names: Option<Vec<String>>,
+    /// See [`ServeArgs::acme_dns_hook`].
+    pub acme_dns_hook: Option<PathBuf>,
+    /// See [`ServeArgs::acme_ca`].
+    pub acme_ca: Option<PathBuf>,
+    /// See [`ServeArgs::acme_renew_before`].
+    #[serde(default, deserialize_with = "duration_de::opt")]
+    pub acme_renew_before: Option<Duration>,
+    /// See [`ServeArgs::max_tunnels_per_token`].
+    pub max_tunnels_per_token: Option<u32>,
+    /// See [`ServeArgs::max_requests_per_second`].
+    pub max_requests_per_second: Option<f64>,
+    /// See [`ServeArgs::max_bandwidth`].
+    pub max_bandwidth: Option<u64>,
+    /// See [`ServeArgs::auth_failures_per_minute`].
+    pub auth_failures_per_minute: Option<u32>,
+    /// File only: limits for named tokens (`[token_limits.NAME]` with `tunnels`,
+    /// `requests_per_second`, `bandwidth`); unset fields fall back to the `max_*`
+    /// defaults.
+    pub token_limits: Option<HashMap<String, Limits>>,
     /// The `[queue]` table: see [`crate::queue::QueueArgs`].
     pub queue: Option<crate::queue::QueueFile>,
 }
@@ -198,6 +263,14 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Runtime worker threads (`None`: one per core).
     pub threads: Option<usize>,
+    /// ACME, when a directory is configured.
+    pub acme: Option<AcmeConfig>,
+    /// Limits for tokens without an entry of their own.
+    pub default_limits: Limits,
+    /// Limits by token name.
+    pub token_limits: HashMap<String, Limits>,
+    /// Failed hellos per source address per minute (0: no throttling).
+    pub auth_failures_per_minute: u32,
     /// Durable queue settings.
     pub queue: crate::queue::QueueConfig,
 }
@@ -235,8 +308,21 @@ impl RelayConfig {
             trusted_proxies: Vec::new(),
             idle_timeout: Duration::from_secs(3),
             threads: None,
+            acme: None,
+            default_limits: Limits::default(),
+            token_limits: HashMap::new(),
+            auth_failures_per_minute: 10,
             queue: crate::queue::QueueConfig::default(),
         }
+    }
+
+    /// The limits that apply to `token`.
+    pub fn limits_for(&self, token: &str) -> Limits {
+        self.token_limits
+            .get(token)
+            .copied()
+            .unwrap_or_default()
+            .or(self.default_limits)
     }
 
     /// Resolves flags over the file (if any) over defaults.
@@ -293,6 +379,57 @@ impl RelayConfig {
             cfg.idle_timeout = t;
         }
         cfg.threads = args.threads.or(file.threads).filter(|n| *n > 0);
+        if let Some(directory) = args.acme_directory.clone().or(file.acme_directory) {
+            if cfg.https_addr.is_none() {
+                anyhow::bail!("--acme-directory needs --https-addr: TLS-ALPN-01 validation and visitors use it");
+            }
+            if cfg.tls_cert.is_some() {
+                anyhow::bail!("--acme-directory and --tls-cert exclude each other: choose one source of certificates");
+            }
+            cfg.acme = Some(AcmeConfig {
+                directory,
+                email: args.acme_email.clone().or(file.acme_email),
+                names: args
+                    .acme_names
+                    .clone()
+                    .or(file.acme_names)
+                    .unwrap_or_else(|| vec![domain.clone()]),
+                domain: domain.clone(),
+                dns_hook: args.acme_dns_hook.clone().or(file.acme_dns_hook),
+                directory_ca: args.acme_ca.clone().or(file.acme_ca),
+                renew_before: args
+                    .acme_renew_before
+                    .or(file.acme_renew_before)
+                    .unwrap_or(Duration::from_secs(30 * 86400)),
+            });
+        }
+        cfg.default_limits = Limits {
+            tunnels: args.max_tunnels_per_token.or(file.max_tunnels_per_token),
+            requests_per_second: args
+                .max_requests_per_second
+                .or(file.max_requests_per_second),
+            bandwidth: args.max_bandwidth.or(file.max_bandwidth),
+        };
+        cfg.token_limits = file.token_limits.unwrap_or_default();
+        let rates = std::iter::once(("max_requests_per_second".to_owned(), cfg.default_limits))
+            .chain(
+                cfg.token_limits
+                    .iter()
+                    .map(|(n, l)| (format!("token_limits.{n}.requests_per_second"), *l)),
+            );
+        for (key, limits) in rates {
+            if let Some(rps) = limits.requests_per_second {
+                if rps.is_nan() || rps <= 0.0 {
+                    anyhow::bail!("{key} must be above 0, got {rps}");
+                }
+            }
+        }
+        if let Some(n) = args
+            .auth_failures_per_minute
+            .or(file.auth_failures_per_minute)
+        {
+            cfg.auth_failures_per_minute = n;
+        }
         cfg.queue = crate::queue::QueueConfig::resolve(&args.queue, file.queue)?;
         if cfg.tunnel_addr.is_none() {
             anyhow::bail!("--tunnel-addr cannot be off: clients connect there");
@@ -316,6 +453,41 @@ mod tests {
         };
         let cfg = RelayConfig::resolve(&args).unwrap();
         assert_eq!(cfg.tunnel_addr, Some("0.0.0.0:4443".parse().unwrap()));
+        let acme = cfg.acme.as_ref().expect("the sample configures ACME");
+        assert_eq!(
+            acme.all_names(),
+            ["tunnel.example.com", "*.tunnel.example.com"]
+        );
+        assert_eq!(cfg.limits_for("someone").tunnels, Some(20));
+        assert_eq!(cfg.limits_for("ci").tunnels, Some(100));
+        assert_eq!(cfg.limits_for("ci").requests_per_second, Some(200.0));
+        assert_eq!(cfg.auth_failures_per_minute, 10);
+    }
+
+    #[test]
+    fn acme_needs_https_and_excludes_certificate_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(&p, "acme_directory = \"https://ca.test/dir\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        let err = RelayConfig::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("--https-addr"), "{err}");
+        std::fs::write(
+            &p,
+            "acme_directory = \"https://ca.test/dir\"\nhttps_addr = \"127.0.0.1:0\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        let err = RelayConfig::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("exclude each other"), "{err}");
+        std::fs::write(&p, "[token_limits.x]\nrequests_per_second = 0\n").unwrap();
+        let err = RelayConfig::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("token_limits.x.requests_per_second"), "{err}");
+        std::fs::write(&p, "[token_limits.x]\nrequests = 1\n").unwrap();
+        let err = FileConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("requests"), "{err}");
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub(crate) async fn serve(
                         }
                         Err(_) => return,
                     };
+                    if stream.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
+                        // A TLS-ALPN-01 validation: the handshake was the whole answer.
+                        return;
+                    }
                     let sni = stream.get_ref().1.server_name().map(str::to_owned);
                     let v = VisitorConn {
                         peer,
@@ -265,6 +269,14 @@ async fn route(
         }
     }
 
+    let limits = relay.cfg.limits_for(&route.token.0);
+    if let Err(over) = relay
+        .meter
+        .admit(&route.token.0, &limits, std::time::Instant::now())
+    {
+        return too_many(relay, over, &name);
+    }
+
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(
@@ -297,13 +309,24 @@ async fn route(
     relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight(relay.clone());
     let timeout = relay.cfg.target_timeout;
-    match tokio::time::timeout(timeout, exchange(relay, &route.conn, head, body)).await {
+    let started = std::time::Instant::now();
+    let token = route.token.0.clone();
+    match tokio::time::timeout(timeout, exchange(relay, &route.conn, head, body, &token)).await {
         Ok(Ok(resp)) => {
+            relay.metrics.observe_latency(started.elapsed());
             // The exchange stays in flight until its response body has been carried
             // (or dropped), so a drain waits for bodies too, not just heads.
+            let relay = relay.clone();
             resp.map(|body| {
                 body.map_frame(move |f| {
                     let _ = &in_flight;
+                    if let Some(d) = f.data_ref() {
+                        let n = d.len() as u64;
+                        relay.metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
+                        relay
+                            .meter
+                            .charge(&token, &limits, n, std::time::Instant::now());
+                    }
                     f
                 })
                 .boxed_unsync()
@@ -333,6 +356,33 @@ async fn route(
     }
 }
 
+/// 429 for a per-token limit, with `Retry-After` in whole seconds.
+fn too_many(relay: &Relay, over: crate::policy::Over, name: &str) -> Response<TunnelBody> {
+    use crate::policy::Over;
+    let (wait, what) = match over {
+        Over::Rate(w) => {
+            relay.metrics.limited_rate.fetch_add(1, Ordering::Relaxed);
+            (w, "requests per second")
+        }
+        Over::Bandwidth(w) => {
+            relay
+                .metrics
+                .limited_bandwidth
+                .fetch_add(1, Ordering::Relaxed);
+            (w, "bandwidth")
+        }
+    };
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut resp = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        format!("porthole: the tunnel {name} is over its {what} limit; retry in {secs}s"),
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
 struct InFlight(Arc<Relay>);
 
 impl Drop for InFlight {
@@ -340,6 +390,9 @@ impl Drop for InFlight {
         self.0.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// A request body being carried into its data stream.
+type BodyPump = Pin<Box<dyn Future<Output = Result<u64, ExchangeError>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 enum ExchangeError {
@@ -372,6 +425,7 @@ async fn exchange(
     conn: &quinn::Connection,
     head: StreamHead,
     body: Incoming,
+    token: &str,
 ) -> Result<Response<TunnelBody>, ExchangeError> {
     let (send, mut recv) = conn.open_bi().await?;
     let mut send = GuardedSend::new(send);
@@ -381,28 +435,34 @@ async fn exchange(
     // target may answer (say 413 or 401) before it has read the whole body. Usually
     // the body is done first, so it is pumped on this task; only a body still flowing
     // when the head arrives moves to a task of its own.
-    let mut pump: Option<Pin<Box<dyn Future<Output = Result<u64, ExchangeError>> + Send>>> = if body
-        .is_end_stream()
-    {
+    let mut pump: Option<BodyPump> = if body.is_end_stream() {
         send.finish();
         None
     } else {
         let max = relay.cfg.max_body_bytes;
-        Some(match max {
-            Some(max) => Box::pin(async move {
-                pump_body(Limited::new(body, max as usize), send)
+        let relay = relay.clone();
+        let token = token.to_owned();
+        Some(Box::pin(async move {
+            let result = match max {
+                Some(max) => pump_body(Limited::new(body, max as usize), send)
                     .await
                     .map_err(|e| match e {
                         StreamError::Body(m) if m.contains("length limit") => {
                             ExchangeError::BodyTooLarge(max)
                         }
                         e => ExchangeError::Tunnel(e),
-                    })
-            }),
-            None => {
-                Box::pin(async move { pump_body(body, send).await.map_err(ExchangeError::Tunnel) })
+                    }),
+                None => pump_body(body, send).await.map_err(ExchangeError::Tunnel),
+            };
+            if let Ok(n) = result {
+                relay.metrics.bytes_in.fetch_add(n, Ordering::Relaxed);
+                let limits = relay.cfg.limits_for(&token);
+                relay
+                    .meter
+                    .charge(&token, &limits, n, std::time::Instant::now());
             }
-        })
+            result
+        }))
     };
 
     let head = {

@@ -13,6 +13,9 @@
 //! - [`headers`]: pure header rules (host matching, hop-by-hop, X-Forwarded-*).
 //! - [`quic`]: QUIC tuning and data-stream I/O, shared with the client.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`certs`]: hot-swappable certificates (file reload, TLS-ALPN-01 answers).
+//! - [`acme`]: ACME issuance and renewal.
+//! - [`policy`]: per-token limits and failed-auth throttling.
 //! - [`store`]: the durable queue's storage (trait + SQLite).
 //! - [`queue`]: queue and offline modes, redelivery, retries, dead letters.
 //!
@@ -22,11 +25,14 @@
 
 #![warn(missing_docs)]
 
+pub mod acme;
 pub mod admin;
+pub mod certs;
 pub mod config;
 pub mod headers;
 pub mod ingress;
 pub mod names;
+pub mod policy;
 pub mod queue;
 pub mod quic;
 pub mod registry;
@@ -120,6 +126,8 @@ pub(crate) struct SessionEntry {
     pub token: TokenName,
     pub conn: quinn::Connection,
     pub goaway: CancellationToken,
+    /// Tunnels this session holds (for the per-token tunnel limit).
+    pub tunnels: Arc<AtomicU64>,
 }
 
 /// Counters for `/metrics`.
@@ -135,19 +143,53 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Exchanges currently in flight.
     pub in_flight: AtomicU64,
+    /// Request body bytes carried from visitors into tunnels.
+    pub bytes_in: AtomicU64,
+    /// Response body bytes carried from tunnels to visitors.
+    pub bytes_out: AtomicU64,
+    /// Time to response head of tunnelled exchanges: counts per bucket of
+    /// [`LATENCY_BUCKETS`] (not cumulative), the last one for +Inf.
+    pub latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of those latencies, in microseconds.
+    pub latency_sum_us: AtomicU64,
+    /// Requests refused with 429 because of a per-token request rate.
+    pub limited_rate: AtomicU64,
+    /// Requests refused with 429 because of a per-token bandwidth.
+    pub limited_bandwidth: AtomicU64,
+    /// Binds refused because of a per-token tunnel limit.
+    pub limited_tunnels: AtomicU64,
+    /// Hellos refused because their address failed too often.
+    pub auth_throttled: AtomicU64,
+    /// Webhooks waiting in a delivery queue (kept at 0 until a queue exists).
+    pub queue_depth: AtomicU64,
 }
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
 
 impl Metrics {
     pub(crate) fn count_status(&self, status: u16) {
         let class = (status / 100).min(5) as usize;
         self.responses[class].fetch_add(1, Ordering::Relaxed);
     }
+
+    pub(crate) fn observe_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// A relay: configuration, identity, tokens, registry and live sessions.
 pub struct Relay {
     cfg: RelayConfig,
-    identity: tls::Identity,
     pin: String,
     tokens: TokenStore,
     registry: Arc<dyn Registry>,
@@ -158,6 +200,12 @@ pub struct Relay {
     draining: CancellationToken,
     queue: queue::Queue,
     url_port: Mutex<Option<(u16, &'static str)>>,
+    /// Certificate for QUIC (the identity; reloaded when its files change).
+    quic_cert: Arc<certs::SwapResolver>,
+    /// Certificate for HTTPS: the identity, or the ACME certificate.
+    https_cert: Arc<certs::SwapResolver>,
+    meter: policy::Meter,
+    auth_throttle: policy::AuthThrottle,
 }
 
 impl std::fmt::Debug for Relay {
@@ -183,6 +231,16 @@ impl Relay {
         let pin = identity.pin()?;
         let tokens = TokenStore::open(&cfg.data_dir)
             .with_context(|| format!("opening token store in {}", cfg.data_dir.display()))?;
+        let quic_cert = certs::SwapResolver::new(&identity)?;
+        let https_cert = certs::SwapResolver::new(&identity)?;
+        if let Some((cached, _)) = cfg
+            .acme
+            .as_ref()
+            .and_then(|a| acme::load_cached(&cfg.data_dir, a))
+        {
+            https_cert.replace(&cached)?;
+        }
+        let auth_throttle = policy::AuthThrottle::new(cfg.auth_failures_per_minute);
         let store = store::sqlite::SqliteStore::open(
             &cfg.data_dir,
             store::sqlite::SqliteOptions {
@@ -192,8 +250,11 @@ impl Relay {
         .context("opening the queue")?;
         let queue = queue::Queue::new(store, cfg.queue.clone());
         Ok(Arc::new(Self {
+            quic_cert,
+            https_cert,
+            meter: policy::Meter::default(),
+            auth_throttle,
             cfg,
-            identity,
             pin,
             tokens,
             registry: Arc::new(LocalRegistry::new()),
@@ -256,7 +317,9 @@ impl Relay {
         {
             // Public URLs use HTTPS only when the certificate is the operator's own;
             // a self-signed one would fail every webhook sender.
-            let https = addrs.https.filter(|_| self.cfg.tls_cert.is_some());
+            let https = addrs
+                .https
+                .filter(|_| self.cfg.tls_cert.is_some() || self.cfg.acme.is_some());
             let (port, scheme) = match (https, addrs.http) {
                 (Some(a), _) => (a.port(), "https"),
                 (None, Some(a)) => (a.port(), "http"),
@@ -269,7 +332,7 @@ impl Relay {
         let stop_accepting = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
 
-        let quic_tls = self.identity.server_config(&[shared_proto::ALPN])?;
+        let quic_tls = certs::server_config(self.quic_cert.clone(), &[shared_proto::ALPN])?;
         let server_cfg = quic::server_config(quic_tls, &self.tuning())?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -298,12 +361,31 @@ impl Relay {
             ));
         }
         if let Some(l) = listeners.https {
-            let tls = self.identity.server_config(&[b"h2", b"http/1.1"])?;
+            let tls = certs::server_config(
+                self.https_cert.clone(),
+                &[b"h2", b"http/1.1", certs::ACME_TLS_ALPN],
+            )?;
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
             tasks.spawn(ingress::serve(
                 self.clone(),
                 l,
                 Some(acceptor),
+                stop_accepting.clone(),
+            ));
+        }
+        if let (Some(cert), Some(key)) = (&self.cfg.tls_cert, &self.cfg.tls_key) {
+            tasks.spawn(certs::watch_files(
+                cert.clone(),
+                key.clone(),
+                vec![self.quic_cert.clone(), self.https_cert.clone()],
+                stop_accepting.clone(),
+            ));
+        }
+        if let Some(acme) = &self.cfg.acme {
+            tasks.spawn(acme::run(
+                acme.clone(),
+                self.cfg.data_dir.clone(),
+                self.https_cert.clone(),
                 stop_accepting.clone(),
             ));
         }

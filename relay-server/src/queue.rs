@@ -473,6 +473,11 @@ impl Queue {
                 _ = tick.tick() => {}
             }
             n += 1;
+            if n % 5 == 1 {
+                if let Ok(depth) = q.store.queued_count().await {
+                    relay.metrics.queue_depth.store(depth, Ordering::Relaxed);
+                }
+            }
             if matches!(q.store.changed_externally().await, Ok(true)) {
                 if let Ok(names) = q.store.names_with_queued().await {
                     wake_all(&relay, names);

@@ -164,9 +164,32 @@ async fn run_session(relay: Arc<Relay>, conn: quinn::Connection, id: SessionId) 
         refuse(&conn, ctrl, ErrorCode::VersionMismatch, e.to_string()).await;
         return;
     }
+    let source = conn.remote_address().ip();
+    if let Some(wait) = relay
+        .auth_throttle
+        .blocked(source, std::time::Instant::now())
+    {
+        relay
+            .metrics
+            .auth_throttled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(%agent, "refused: too many failed hellos from this address");
+        refuse(
+            &conn,
+            ctrl,
+            ErrorCode::Throttled,
+            format!(
+                "too many failed attempts from {source}; retry in {}s",
+                wait.as_secs().max(1)
+            ),
+        )
+        .await;
+        return;
+    }
     let token_name = match relay.tokens.authenticate(&token) {
         Ok(Some(t)) => t,
         Ok(None) => {
+            relay.auth_throttle.fail(source, std::time::Instant::now());
             relay
                 .metrics
                 .auth_failures
@@ -215,6 +238,7 @@ async fn run_session(relay: Arc<Relay>, conn: quinn::Connection, id: SessionId) 
                 token: token_name.clone(),
                 conn: conn.clone(),
                 goaway: goaway.clone(),
+                tunnels: Default::default(),
             },
         );
     relay
@@ -282,6 +306,7 @@ async fn serve_control(
                 for name in bound.drain(..) {
                     relay.registry.release(&name, id);
                 }
+                set_tunnel_count(relay, id, 0);
                 let _ = tokio::time::timeout(crate::DRAIN_TIMEOUT, conn.closed()).await;
                 conn.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"bye");
                 return Ok(());
@@ -350,6 +375,31 @@ fn bind(
     }
     if relay.draining.is_cancelled() {
         return refused(ErrorCode::Draining, "relay is shutting down".into());
+    }
+    if let Some(max) = relay.cfg.limits_for(&token.0).tunnels {
+        // Taking back a name this token already holds (a reconnect) adds no tunnel.
+        let takeover = name
+            .as_deref()
+            .and_then(|n| relay.registry.lookup(&n.to_ascii_lowercase()))
+            .is_some_and(|r| &r.token == token);
+        let held: u64 = relay
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| &e.token == token)
+            .map(|e| e.tunnels.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        if !takeover && held >= u64::from(max) {
+            relay
+                .metrics
+                .limited_tunnels
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return refused(
+                ErrorCode::LimitExceeded,
+                format!("token {token} may hold at most {max} tunnels at once (it holds {held})"),
+            );
+        }
     }
     // Tunnel ids are indexes into this session's list, starting at 1.
     let tunnel_id = bound.len() as u32 + 1;
@@ -427,10 +477,22 @@ fn bind(
     relay.queue.on_bind(relay, name.as_str(), delivery);
     let url = relay.public_url(name.as_str());
     bound.push(name.clone());
+    set_tunnel_count(relay, id, bound.len() as u64);
     ServerMessage::Bound {
         tunnel_id,
         name: name.to_string(),
         url,
+    }
+}
+
+fn set_tunnel_count(relay: &Relay, id: SessionId, n: u64) {
+    if let Some(e) = relay
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+    {
+        e.tunnels.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

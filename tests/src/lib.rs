@@ -215,6 +215,10 @@ impl Relay {
         .map(|s| s.to_string())
         .collect();
         args.push(dir.path().display().to_string());
+        if extra.contains(&"--domain") {
+            // The caller's domain replaces the default one.
+            args.drain(2..4);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut proc = Proc::spawn(&bin("porthole-relay"), &args, &[("PORTHOLE_LOG", "info")])?;
         let ev = proc.event("listening", READY_TIMEOUT).await?;

@@ -25,6 +25,9 @@ pub enum Command {
     Requests(crate::inspector::cli::RequestsArgs),
     /// Replay a captured exchange (optionally edited) through a running porthole.
     Replay(crate::inspector::cli::ReplayArgs),
+    /// Wait until a matching exchange reaches a running porthole (exit 0), or time out
+    /// (exit 4): for CI jobs that assert a webhook arrived.
+    Wait(crate::wait::WaitArgs),
     /// List, retry or drop exchanges in the relay's durable queue for your names.
     Queue(crate::queue_cmd::QueueArgs),
 }

@@ -12,6 +12,8 @@
 //! - [`inspector`]: history in SQLite, the web UI and its API, replay.
 //! - [`output`]: console lines and `--json` events.
 //! - [`local`]: local mode (in-process relay) and the built-in target.
+//! - [`wait`]: `porthole wait`, for CI.
+//! - [`exit`]: exit codes.
 //! - [`dedup`]: queued exchanges already delivered, so redeliveries reach the app once.
 //! - [`queue_cmd`]: `porthole queue list | retry | drop`.
 
@@ -20,6 +22,7 @@
 pub mod capture;
 pub mod cli;
 pub mod dedup;
+pub mod exit;
 pub mod forwarder;
 pub mod inspector;
 pub mod local;
@@ -27,6 +30,7 @@ pub mod output;
 pub mod queue_cmd;
 pub mod session;
 pub mod trust;
+pub mod wait;
 
 use std::sync::Arc;
 
@@ -59,7 +63,7 @@ async fn run_http_inner(
     let _stop_local_on_exit = stop_local.clone().drop_guard();
 
     let target = match &args.target {
-        Some(t) => Target::parse(t)?,
+        Some(t) => Target::parse(t).map_err(exit::usage)?,
         None => {
             let addr = local::start_builtin_target(stop_local.clone()).await?;
             Target::parse(&addr.to_string())?
@@ -70,12 +74,14 @@ async fn run_http_inner(
     let mut local_relay = None;
     let (relay, token, trust, local_mode) = match &args.relay {
         Some(relay) => {
-            let token =
-                args.token.clone().filter(|t| !t.is_empty()).context(
-                    "a token is needed to use a relay: pass --token or set PORTHOLE_TOKEN",
-                )?;
+            let token = args
+                .token
+                .clone()
+                .filter(|t| !t.is_empty())
+                .context("a token is needed to use a relay: pass --token or set PORTHOLE_TOKEN")
+                .map_err(exit::usage)?;
             let trust = match (&args.relay_pin, &args.relay_ca) {
-                (Some(pin), _) => Trust::Pin(trust::parse_pin(pin)?),
+                (Some(pin), _) => Trust::Pin(trust::parse_pin(pin).map_err(exit::usage)?),
                 (None, Some(ca)) => Trust::CaFile(ca.clone()),
                 (None, None) => Trust::SystemRoots,
             };
@@ -83,7 +89,7 @@ async fn run_http_inner(
         }
         None => {
             if args.token.is_some() || args.relay_pin.is_some() {
-                bail!("--token and --relay-pin need --relay (without it, porthole runs a local relay)");
+                return Err(exit::usage(anyhow::anyhow!("--token and --relay-pin need --relay (without it, porthole runs a local relay)")));
             }
             let local = local::start_relay(args.local_addr, stop_local.clone()).await?;
             let relay = local.tunnel.to_string();
@@ -98,7 +104,7 @@ async fn run_http_inner(
     if !args.quiet {
         sinks.push(output.clone());
     }
-    let inspector = start_inspector(&args).await?;
+    let inspector = start_inspector(&args).await.map_err(exit::usage)?;
     let (body_cap, first_id) = match &inspector {
         Some((i, _, _)) => {
             sinks.push(i.clone());

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("porthole: starting runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(tunnel_client::exit::RUNTIME);
         }
     };
     let result = rt.block_on(async {
@@ -38,6 +38,10 @@ fn main() -> ExitCode {
             Command::Requests(args) => {
                 let mut out = std::io::stdout();
                 report(tunnel_client::inspector::cli::requests(&args, &mut out).await)
+            }
+            Command::Wait(args) => {
+                let mut out = std::io::stdout();
+                report(tunnel_client::wait::run(&args, &mut out).await)
             }
             Command::Queue(args) => {
                 let mut out = std::io::stdout();
@@ -55,9 +59,10 @@ fn main() -> ExitCode {
     });
     // Don't wait for stray tasks (pooled connections) on the way out.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    // Exit codes are documented in tunnel_client::exit (and README).
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
+        Err(e) => ExitCode::from(tunnel_client::exit::code(&e)),
     }
 }
 

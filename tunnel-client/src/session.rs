@@ -162,7 +162,7 @@ pub async fn run(
         let connected = match attempt_result {
             Ok(c) => c,
             Err(Ended::Shutdown) => break Ok(()),
-            Err(Ended::Fatal(m)) => break Err(anyhow!(m)),
+            Err(Ended::Fatal(m)) => break Err(crate::exit::refused(m)),
             Err(Ended::Retry(m)) | Err(Ended::Now(m)) => {
                 if let Some(r) =
                     wait_retry(&cfg, &output, &shutdown, ever_connected, &mut attempt, m).await
@@ -192,7 +192,7 @@ pub async fn run(
         let conn = connected.conn.clone();
         match serve(connected, &forwarder, &tracker, &shutdown).await {
             Ended::Shutdown => break Ok(()),
-            Ended::Fatal(m) => break Err(anyhow!(m)),
+            Ended::Fatal(m) => break Err(crate::exit::refused(m)),
             Ended::Now(m) => {
                 // Goaway: reconnect at once; the old connection keeps serving what
                 // it has in flight until the relay closes it.

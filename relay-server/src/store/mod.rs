@@ -224,6 +224,9 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Deletes an exchange; answers its name, or `None` if there is no such id.
     fn remove(&self, id: QueueId) -> StoreFuture<'_, Option<String>>;
 
+    /// How many exchanges wait for delivery, over all names.
+    fn queued_count(&self) -> StoreFuture<'_, u64>;
+
     /// Names that have queued exchanges.
     fn names_with_queued(&self) -> StoreFuture<'_, Vec<String>>;
 

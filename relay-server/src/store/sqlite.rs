@@ -788,6 +788,15 @@ impl QueueStore for SqliteStore {
         })
     }
 
+    fn queued_count(&self) -> StoreFuture<'_, u64> {
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM queue WHERE state = 0", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+        })
+    }
+
     fn names_with_queued(&self) -> StoreFuture<'_, Vec<String>> {
         self.read(|c| {
             let mut stmt = c.prepare("SELECT DISTINCT name FROM queue WHERE state = 0")?;

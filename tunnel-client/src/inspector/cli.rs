@@ -245,14 +245,14 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-struct ApiClient {
+pub(crate) struct ApiClient {
     base: String,
     credential: Option<Secret>,
     http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
 impl ApiClient {
-    fn new(addr: &InspectorAddr) -> anyhow::Result<Self> {
+    pub(crate) fn new(addr: &InspectorAddr) -> anyhow::Result<Self> {
         let raw = addr.inspect.trim().trim_end_matches('/');
         let base = if raw.starts_with("http://") {
             raw.to_owned()
@@ -271,7 +271,7 @@ impl ApiClient {
     }
 
     /// One call; answers the body of a 2xx, else the API's error as an error.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: http::Method,
         path: &str,

@@ -27,7 +27,7 @@ mod api;
 pub mod cli;
 mod har;
 mod store;
-mod time;
+pub(crate) mod time;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
