@@ -242,8 +242,18 @@ async fn route(
         Decision::Pass => {}
         Decision::Reject => return crate::queue::offline_reject(&name, &relay.cfg.domain),
         Decision::Queue => {
+            // An online client's token limits apply to queued requests too.
+            if let Some(r) = &route {
+                let limits = relay.cfg.limits_for(&r.token.0);
+                if let Err(over) = relay
+                    .meter
+                    .admit(&r.token.0, &limits, std::time::Instant::now())
+                {
+                    return too_many(relay, over, &name);
+                }
+            }
             return crate::queue::accept(relay, &name, req, visitor.peer, visitor.scheme, &host)
-                .await
+                .await;
         }
     }
     let Some(route) = route else {
