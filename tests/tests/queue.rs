@@ -656,6 +656,13 @@ async fn a_foreign_or_corrupt_queue_file_is_refused_at_start() {
         )
         .unwrap();
         assert_ne!(p.wait_exit(Duration::from_secs(15)).await.unwrap(), 0);
+        // The exit can be seen before the stderr pipe has been read to its end.
+        wait_until(
+            Duration::from_secs(5),
+            "the relay's error on stderr",
+            || p.stderr().contains("move it away"),
+        )
+        .await;
         let err = p.stderr();
         assert!(
             err.contains("cannot be used as the queue database"),
