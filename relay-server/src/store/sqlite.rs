@@ -36,6 +36,8 @@ const SCHEMA_NAME: &str = "porthole-queue";
 const SCHEMA_VERSION: i64 = 1;
 /// Most requests applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
+/// Finished exchanges evicted at once when a name reaches its retention limit.
+const EVICT_ROUND: usize = 64;
 
 /// Options of the SQLite store.
 #[derive(Debug, Clone)]
@@ -446,7 +448,9 @@ impl Writer {
     }
 
     /// Deletes the name's oldest delivered or dead exchanges until `count` and `bytes`
-    /// fit `limits`; answers the sizes after.
+    /// fit `limits`; answers the sizes after. When it has to evict at all, it evicts a
+    /// whole round of [`EVICT_ROUND`] (oldest first), so a name that lives at its limit
+    /// pays for one indexed read per round, not per request.
     fn evict(
         &mut self,
         name: &str,
@@ -455,23 +459,30 @@ impl Writer {
         extra_bytes: u64,
     ) -> rusqlite::Result<(u64, u64)> {
         let (mut count, mut bytes) = self.sizes_of(name)?;
-        while count + extra_count > limits.max_count || bytes + extra_bytes > limits.max_bytes {
-            let victims: Vec<(i64, i64)> = {
+        let over = |count: u64, bytes: u64| {
+            count + extra_count > limits.max_count || bytes + extra_bytes > limits.max_bytes
+        };
+        while over(count, bytes) {
+            // Each state is its own range of the (name, state, id) index, so both reads
+            // walk the index in id order instead of sorting the name's history.
+            let mut victims: Vec<(i64, i64)> = Vec::with_capacity(2 * EVICT_ROUND);
+            for state in [1i64, 2] {
                 let mut stmt = self.conn.prepare_cached(
-                    "SELECT id, body_len FROM queue WHERE name = ?1 AND state != 0 ORDER BY id LIMIT 64",
+                    "SELECT id, body_len FROM queue WHERE name = ?1 AND state = ?2 ORDER BY id LIMIT ?3",
                 )?;
-                let rows = stmt.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect::<Result<_, _>>()?
-            };
+                let rows = stmt.query_map(params![name, state, EVICT_ROUND as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+                for row in rows {
+                    victims.push(row?);
+                }
+            }
             if victims.is_empty() {
                 break;
             }
+            victims.sort_unstable();
+            victims.truncate(EVICT_ROUND);
             for (id, len) in victims {
-                if count + extra_count <= limits.max_count
-                    && bytes + extra_bytes <= limits.max_bytes
-                {
-                    break;
-                }
                 self.conn
                     .prepare_cached("DELETE FROM queue WHERE id = ?1")?
                     .execute([id])?;
@@ -933,6 +944,34 @@ mod tests {
         // Another name is not affected.
         store.enqueue(exchange("m", "c"), limits).await.unwrap();
         assert_eq!(store.retry(QueueId(9999)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_name_at_its_limit_evicts_its_oldest_finished_in_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), opts()).unwrap();
+        let limits = Limits {
+            max_count: 100,
+            ..Limits::default()
+        };
+        let mut ids = Vec::new();
+        for i in 0..100 {
+            ids.push(
+                store
+                    .enqueue(exchange("n", &i.to_string()), limits)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for id in &ids[..80] {
+            store.record(*id, Attempt::Delivered(200)).await.unwrap();
+        }
+        store.enqueue(exchange("n", "new"), limits).await.unwrap();
+        let left = store.list(None, 1000).await.unwrap();
+        assert_eq!(left.len(), 100 - EVICT_ROUND + 1);
+        // The oldest delivered went first; every queued one stayed.
+        assert!(left.iter().all(|e| e.id > ids[EVICT_ROUND - 1]));
+        assert_eq!(left.iter().filter(|e| e.state == State::Queued).count(), 21);
     }
 
     #[tokio::test]
