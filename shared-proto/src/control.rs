@@ -22,7 +22,7 @@ const TAG_REFUSED: u8 = 0x82;
 const TAG_BOUND: u8 = 0x83;
 const TAG_BIND_REFUSED: u8 = 0x84;
 const TAG_GOAWAY: u8 = 0x85;
-const TAG_QUEUE_REPORT: u8 = 0x86;
+const TAG_QUEUE_REPORT: u8 = 0x87;
 
 /// What kind of traffic a tunnel carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
