@@ -103,6 +103,18 @@ pub fn render_metrics(relay: &Relay) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP porthole_edge_refusals_total Visitor requests refused at the edge, by reason."
+    );
+    let _ = writeln!(out, "# TYPE porthole_edge_refusals_total counter");
+    for (kind, c) in crate::policy::REFUSAL_KINDS.iter().zip(&m.edge_refusals) {
+        let _ = writeln!(
+            out,
+            "porthole_edge_refusals_total{{reason=\"{kind}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP porthole_requests_in_flight Exchanges in flight now."
     );
     let _ = writeln!(out, "# TYPE porthole_requests_in_flight gauge");

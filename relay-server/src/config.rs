@@ -2,7 +2,7 @@
 //! override the file, the file overrides defaults. Unknown keys are refused with their
 //! name, so a typo never silently falls back to a default.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::acme::AcmeConfig;
-use crate::policy::Limits;
+use crate::limits::Limits;
 
 /// A listen address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,8 +213,25 @@ pub struct FileConfig {
     /// `requests_per_second`, `bandwidth`); unset fields fall back to the `max_*`
     /// defaults.
     pub token_limits: Option<HashMap<String, Limits>>,
+    /// Operator rules per tunnel name (`[names.pay-hooks]`); file only, no flag.
+    #[serde(default)]
+    pub names: BTreeMap<String, NameRules>,
     /// The `[queue]` table: see [`crate::queue::QueueArgs`].
     pub queue: Option<crate::queue::QueueFile>,
+}
+
+/// What the operator enforces for one tunnel name, whoever binds it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameRules {
+    /// Webhook signature specs (`stripe:whsec_…`); requests that verify with none of
+    /// them get 401 at the relay and never cross the tunnel.
+    #[serde(default)]
+    pub verify: Vec<String>,
+    /// Names of environment variables each holding one such spec, so secrets stay
+    /// out of the file.
+    #[serde(default)]
+    pub verify_env: Vec<String>,
 }
 
 impl FileConfig {
@@ -271,6 +288,8 @@ pub struct RelayConfig {
     pub token_limits: HashMap<String, Limits>,
     /// Failed hellos per source address per minute (0: no throttling).
     pub auth_failures_per_minute: u32,
+    /// Operator signature rules: tunnel name → verifiers (any one must pass).
+    pub verify: HashMap<String, Vec<webhook_verify::Verifier>>,
     /// Durable queue settings.
     pub queue: crate::queue::QueueConfig,
 }
@@ -312,6 +331,7 @@ impl RelayConfig {
             default_limits: Limits::default(),
             token_limits: HashMap::new(),
             auth_failures_per_minute: 10,
+            verify: HashMap::new(),
             queue: crate::queue::QueueConfig::default(),
         }
     }
@@ -331,6 +351,12 @@ impl RelayConfig {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
+        let file_name = args
+            .config
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let verify = resolve_names(&file_name, &file.names)?;
         let domain = args
             .domain
             .clone()
@@ -434,8 +460,45 @@ impl RelayConfig {
         if cfg.tunnel_addr.is_none() {
             anyhow::bail!("--tunnel-addr cannot be off: clients connect there");
         }
+        cfg.verify = verify;
         Ok(cfg)
     }
+}
+
+/// Builds the operator's verifiers; errors name the file, the key and what was
+/// expected, never a secret.
+fn resolve_names(
+    file: &str,
+    names: &BTreeMap<String, NameRules>,
+) -> anyhow::Result<HashMap<String, Vec<webhook_verify::Verifier>>> {
+    let mut out = HashMap::new();
+    for (name, rules) in names {
+        let tunnel = shared_proto::TunnelName::parse(name).map_err(|e| {
+            anyhow::anyhow!("{file}: names.{name}: expected a tunnel name (a DNS label): {e}")
+        })?;
+        let mut verifiers = Vec::new();
+        for (i, spec) in rules.verify.iter().enumerate() {
+            verifiers.push(webhook_verify::Verifier::from_spec(spec).map_err(|e| {
+                anyhow::anyhow!("{file}: names.{name}.verify[{i}]: expected PROVIDER:SECRET: {e}")
+            })?);
+        }
+        for (i, var) in rules.verify_env.iter().enumerate() {
+            let spec = std::env::var(var).map_err(|_| {
+                anyhow::anyhow!(
+                    "{file}: names.{name}.verify_env[{i}]: environment variable {var} is not set"
+                )
+            })?;
+            verifiers.push(webhook_verify::Verifier::from_spec(&spec).map_err(|e| {
+                anyhow::anyhow!(
+                    "{file}: names.{name}.verify_env[{i}]: {var} must hold PROVIDER:SECRET: {e}"
+                )
+            })?);
+        }
+        if !verifiers.is_empty() {
+            out.insert(tunnel.as_str().to_owned(), verifiers);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -508,6 +571,36 @@ mod tests {
         std::fs::write(&p, "target_timeout = \"soon\"\n").unwrap();
         let err = FileConfig::load(&p).unwrap_err().to_string();
         assert!(err.contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn operator_verify_rules_resolve_and_errors_hide_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("relay.toml");
+        std::fs::write(
+            &p,
+            "[names.pay-hooks]\nverify = [\"stripe:whsec_abc\"]\nverify_env = [\"PORTHOLE_TEST_NO_SUCH_VAR_4\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        let err = RelayConfig::resolve(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("names.pay-hooks.verify_env[0]") && err.contains("relay.toml"),
+            "{err}"
+        );
+        std::fs::write(&p, "[names.pay-hooks]\nverify = [\"stripe:whsec_abc\"]\n").unwrap();
+        let cfg = RelayConfig::resolve(&args).unwrap();
+        assert_eq!(cfg.verify["pay-hooks"].len(), 1);
+        std::fs::write(&p, "[names.pay-hooks]\nverify = [\"strype:whsec_abc\"]\n").unwrap();
+        let err = RelayConfig::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("names.pay-hooks.verify[0]"), "{err}");
+        assert!(!err.contains("whsec_abc"), "{err}");
+        std::fs::write(&p, "[names.pay-hooks]\nverfy = []\n").unwrap();
+        let err = FileConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("verfy"), "{err}");
     }
 
     #[test]

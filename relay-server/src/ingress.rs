@@ -4,7 +4,9 @@
 //! Every failure becomes an exact status and a short plain-text answer: 404 no tunnel,
 //! 421 misdirected, 413 body too large, 502 tunnel or target unreachable, 504 target
 //! too slow. Bodies stream both ways with QUIC flow control as backpressure; nothing
-//! here collects a body.
+//! here collects a body, except for a name with an operator signature rule (read up
+//! to a cap, checked, then forwarded). A tunnel's edge policy ([`crate::policy`]) is
+//! applied here; refusals (401, 403, 413) are counted and noticed to the client.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,12 +22,13 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use shared_proto::{codes, Header, RequestHead, ResponseHead, Scheme, StreamHead};
+use shared_proto::{codes, Header, RequestHead, ResponseHead, Scheme, ServerMessage, StreamHead};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::headers::{match_host, normalize_host, set_forwarded, strip_hop_by_hop, HostMatch};
+use crate::policy::Refusal;
 use crate::queue::Decision;
 use crate::quic::{
     encode_head, pump_body, read_head, recv_body, GuardedSend, StreamError, TunnelBody,
@@ -267,6 +270,14 @@ async fn route(
             ),
         );
     };
+    let policy = route.edge.policy.as_ref();
+    if let Some(policy) = policy {
+        let ip =
+            crate::policy::client_ip(visitor.peer.ip(), req.headers(), &relay.cfg.trusted_proxies);
+        if let Err(r) = policy.admit(ip, req.headers()) {
+            return refuse(relay, &route, req.method(), req.uri(), visitor, r);
+        }
+    }
     if let (Some(max), Some(len)) = (relay.cfg.max_body_bytes, declared_length(req.headers())) {
         if len > max {
             return text(
@@ -302,6 +313,26 @@ async fn route(
             parts.headers.insert(HOST, v);
         }
     }
+    // An operator signature rule for this name: the body is read (up to a cap) and
+    // checked before anything crosses the tunnel.
+    let body: VisitorBody = match relay.cfg.verify.get(&name) {
+        Some(verifiers) => match check_signature(verifiers, &parts, body).await {
+            Ok(bytes) => Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            Err(r) => return refuse(relay, &route, &parts.method, &parts.uri, visitor, r),
+        },
+        None => body.map_err(std::io::Error::other).boxed_unsync(),
+    };
+    if let Some(policy) = policy {
+        policy.edit_request(&mut parts.headers);
+    }
+    // The tighter of the relay's and the tunnel's body limits.
+    let tunnel_max = policy.and_then(|p| p.max_body_bytes);
+    let max_body = match (relay.cfg.max_body_bytes, tunnel_max) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let head = StreamHead::Http(RequestHead {
         tunnel_id: route.tunnel_id,
         exchange_id: relay.next_exchange_id(),
@@ -321,9 +352,13 @@ async fn route(
     let timeout = relay.cfg.target_timeout;
     let started = std::time::Instant::now();
     let token = route.token.0.clone();
-    match tokio::time::timeout(timeout, exchange(relay, &route.conn, head, body, &token)).await {
-        Ok(Ok(resp)) => {
+    let carried = exchange(relay, &route.conn, head, body, max_body, &token);
+    match tokio::time::timeout(timeout, carried).await {
+        Ok(Ok(mut resp)) => {
             relay.metrics.observe_latency(started.elapsed());
+            if let Some(policy) = policy {
+                policy.edit_response(resp.headers_mut());
+            }
             // The exchange stays in flight until its response body has been carried
             // (or dropped), so a drain waits for bodies too, not just heads.
             let relay = relay.clone();
@@ -342,6 +377,14 @@ async fn route(
                 .boxed_unsync()
             })
         }
+        Ok(Err(ExchangeError::BodyTooLarge(max))) if tunnel_max == Some(max) => refuse(
+            relay,
+            &route,
+            &parts.method,
+            &parts.uri,
+            visitor,
+            crate::policy::body_too_large(max),
+        ),
         Ok(Err(ExchangeError::BodyTooLarge(max))) => text(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body-too-large",
@@ -367,8 +410,8 @@ async fn route(
 }
 
 /// 429 for a per-token limit, with `Retry-After` in whole seconds.
-fn too_many(relay: &Relay, over: crate::policy::Over, name: &str) -> Response<TunnelBody> {
-    use crate::policy::Over;
+fn too_many(relay: &Relay, over: crate::limits::Over, name: &str) -> Response<TunnelBody> {
+    use crate::limits::Over;
     let (wait, what) = match over {
         Over::Rate(w) => {
             relay.metrics.limited_rate.fetch_add(1, Ordering::Relaxed);
@@ -428,13 +471,129 @@ fn to_wire(h: &HeaderMap) -> Vec<Header> {
         .collect()
 }
 
+/// A visitor's request body: streamed as it arrives, or already read (and checked).
+/// (A concrete error type: `Limited` over a boxed `dyn Error` trips a lifetime bug.)
+type VisitorBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Answers a request refused at the edge: counts it, tells the client (if it asked
+/// for notices) so its inspector shows it, and gives the visitor the status and text.
+fn refuse(
+    relay: &Arc<Relay>,
+    route: &crate::registry::Route,
+    method: &http::Method,
+    uri: &http::Uri,
+    visitor: &VisitorConn,
+    r: Refusal,
+) -> Response<TunnelBody> {
+    if let Some(i) = crate::policy::REFUSAL_KINDS
+        .iter()
+        .position(|k| *k == r.kind)
+    {
+        relay.metrics.edge_refusals[i].fetch_add(1, Ordering::Relaxed);
+    }
+    debug!(
+        kind = r.kind,
+        status = r.status.as_u16(),
+        "refused at the edge"
+    );
+    if let Some(notices) = &route.edge.notices {
+        // Never wait on a slow client: a dropped notice only costs an inspector row.
+        let _ = notices.try_send(ServerMessage::ExchangeRefused {
+            tunnel_id: route.tunnel_id,
+            method: method.as_str().to_owned(),
+            path: path_and_query(uri),
+            status: r.status.as_u16(),
+            reason: r.message.clone(),
+            visitor: Some(visitor.peer.to_string()),
+        });
+    }
+    let auth = r.kind == "auth-required";
+    let mut resp = text(r.status, r.kind, r.message);
+    if auth {
+        let (n, v) = crate::policy::www_authenticate();
+        resp.headers_mut().insert(n, v);
+    }
+    resp
+}
+
+fn path_and_query(uri: &http::Uri) -> String {
+    uri.path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into())
+}
+
+/// Reads the body (up to [`crate::policy::VERIFY_BODY_CAP`]) and checks it against the
+/// operator's verifiers, with the public URL the sender used.
+async fn check_signature(
+    verifiers: &[webhook_verify::Verifier],
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<Bytes, Refusal> {
+    let path = path_and_query(&parts.uri);
+    let cap = crate::policy::VERIFY_BODY_CAP;
+    let bytes = match Limited::new(body, cap as usize).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.to_string().contains("length limit") => {
+            return Err(Refusal {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                kind: "body-too-large",
+                message: format!(
+                    "porthole: this tunnel checks webhook signatures and reads at most {cap} bytes of body"
+                ),
+            })
+        }
+        Err(e) => {
+            return Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                kind: "signature-invalid",
+                message: format!("porthole: the request body could not be read: {e}"),
+            })
+        }
+    };
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let url = format!(
+        "{}://{}{}",
+        header("x-forwarded-proto").unwrap_or("http"),
+        header("x-forwarded-host")
+            .or_else(|| header("host"))
+            .unwrap_or_default(),
+        path
+    );
+    let wire: Vec<(String, Vec<u8>)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    let req = webhook_verify::SignedRequest {
+        method: parts.method.as_str(),
+        url: &url,
+        headers: &wire,
+        body: &bytes,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    match webhook_verify::verify_any(verifiers, &req, now) {
+        Some((_, v)) if v.is_valid() => Ok(bytes),
+        Some((provider, v)) => Err(Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "signature-invalid",
+            message: format!("porthole: {provider} webhook refused by the relay: {v}"),
+        }),
+        None => Ok(bytes),
+    }
+}
+
 /// Carries one exchange over a new data stream and answers the response, whose body
-/// streams from the tunnel as the visitor reads it.
+/// streams from the tunnel as the visitor reads it. A body over `max` bytes fails the
+/// exchange with [`ExchangeError::BodyTooLarge`].
 async fn exchange(
     relay: &Arc<Relay>,
     conn: &quinn::Connection,
     head: StreamHead,
-    body: Incoming,
+    body: VisitorBody,
+    max: Option<u64>,
     token: &str,
 ) -> Result<Response<TunnelBody>, ExchangeError> {
     let (send, mut recv) = conn.open_bi().await?;
@@ -449,7 +608,6 @@ async fn exchange(
         send.finish();
         None
     } else {
-        let max = relay.cfg.max_body_bytes;
         let relay = relay.clone();
         let token = token.to_owned();
         Some(Box::pin(async move {

@@ -10,12 +10,14 @@
 //! - [`session`]: one client's QUIC connection: hello, auth, binds, goaway.
 //! - [`ingress`]: visitor HTTP(S): routing by Host, edge rules, forwarding an exchange
 //!   over its own data stream.
+//! - [`policy`]: per-tunnel edge policy (basic auth, IP lists, header edits, body
+//!   limit) and the refusals it produces.
 //! - [`headers`]: pure header rules (host matching, hop-by-hop, X-Forwarded-*).
 //! - [`quic`]: QUIC tuning and data-stream I/O, shared with the client.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`certs`]: hot-swappable certificates (file reload, TLS-ALPN-01 answers).
 //! - [`acme`]: ACME issuance and renewal.
-//! - [`policy`]: per-token limits and failed-auth throttling.
+//! - [`limits`]: per-token limits and failed-auth throttling.
 //! - [`store`]: the durable queue's storage (trait + SQLite).
 //! - [`queue`]: queue and offline modes, redelivery, retries, dead letters.
 //!
@@ -31,6 +33,7 @@ pub mod certs;
 pub mod config;
 pub mod headers;
 pub mod ingress;
+pub mod limits;
 pub mod names;
 pub mod policy;
 pub mod queue;
@@ -162,6 +165,8 @@ pub struct Metrics {
     pub auth_throttled: AtomicU64,
     /// Webhooks waiting in a delivery queue (kept at 0 until a queue exists).
     pub queue_depth: AtomicU64,
+    /// Requests refused at the edge, by kind (see [`policy::REFUSAL_KINDS`]).
+    pub edge_refusals: [AtomicU64; policy::REFUSAL_KINDS.len()],
 }
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
@@ -204,8 +209,8 @@ pub struct Relay {
     quic_cert: Arc<certs::SwapResolver>,
     /// Certificate for HTTPS: the identity, or the ACME certificate.
     https_cert: Arc<certs::SwapResolver>,
-    meter: policy::Meter,
-    auth_throttle: policy::AuthThrottle,
+    meter: limits::Meter,
+    auth_throttle: limits::AuthThrottle,
 }
 
 impl std::fmt::Debug for Relay {
@@ -240,7 +245,7 @@ impl Relay {
         {
             https_cert.replace(&cached)?;
         }
-        let auth_throttle = policy::AuthThrottle::new(cfg.auth_failures_per_minute);
+        let auth_throttle = limits::AuthThrottle::new(cfg.auth_failures_per_minute);
         let store = store::sqlite::SqliteStore::open(
             &cfg.data_dir,
             store::sqlite::SqliteOptions {
@@ -252,7 +257,7 @@ impl Relay {
         Ok(Arc::new(Self {
             quic_cert,
             https_cert,
-            meter: policy::Meter::default(),
+            meter: limits::Meter::default(),
             auth_throttle,
             cfg,
             pin,

@@ -30,6 +30,8 @@ pub struct Route {
     pub tunnel_id: u32,
     /// The session's QUIC connection, on which data streams are opened.
     pub conn: quinn::Connection,
+    /// The tunnel's edge policy and refusal notices.
+    pub edge: std::sync::Arc<crate::policy::TunnelEdge>,
 }
 
 /// A name is held by a session of another token.

@@ -15,6 +15,7 @@ use shared_proto::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::policy::{EdgePolicy, PolicyError, TunnelEdge};
 use crate::quic::{encode_head, FrameReader, StreamError};
 use crate::registry::{Route, SessionId};
 use crate::tokens::{Reservation, TokenName};
@@ -288,9 +289,16 @@ async fn serve_control(
     })
     .await?;
     let mut told_goaway = false;
+    // Refusal notices from the ingress for this session's tunnels; bounded, and the
+    // ingress drops notices rather than wait when the client reads slowly.
+    let (notice_tx, mut notice_rx) = tokio::sync::mpsc::channel::<ServerMessage>(256);
     loop {
         let msg = tokio::select! {
             m = ctrl.recv.next::<ClientMessage>() => m,
+            Some(notice) = notice_rx.recv() => {
+                ctrl.send(&notice).await?;
+                continue;
+            }
             _ = conn.closed() => return Ok(()),
             _ = goaway.cancelled(), if !told_goaway => {
                 told_goaway = true;
@@ -317,7 +325,9 @@ async fn serve_control(
                 reserve,
                 options,
             }) => {
-                let answer = bind(relay, conn, id, token, bound, name, kind, reserve, &options);
+                let answer = bind(
+                    relay, conn, id, token, bound, name, kind, reserve, &options, &notice_tx,
+                );
                 ctrl.send(&answer).await?;
             }
             Some(ClientMessage::Queue(op)) => {
@@ -343,6 +353,7 @@ fn bind(
     kind: TunnelKind,
     reserve: bool,
     options: &[TunnelOption],
+    notices: &tokio::sync::mpsc::Sender<ServerMessage>,
 ) -> ServerMessage {
     let refused = |code, message: String| ServerMessage::BindRefused { code, message };
     if let Some(o) = options
@@ -357,6 +368,10 @@ fn bind(
             ),
         );
     }
+    let edge = match tunnel_edge(options, notices) {
+        Ok(e) => Arc::new(e),
+        Err(e) => return refused(ErrorCode::Other(400), e.to_string()),
+    };
     let delivery = match crate::queue::delivery_option(options) {
         Ok(d) => d.unwrap_or_default(),
         Err(m) => return refused(ErrorCode::Other(400), m),
@@ -408,6 +423,7 @@ fn bind(
         token: token.clone(),
         tunnel_id,
         conn: conn.clone(),
+        edge,
     };
     let name = match name {
         Some(n) => {
@@ -494,6 +510,28 @@ fn set_tunnel_count(relay: &Relay, id: SessionId, n: u64) {
     {
         e.tunnels.store(n, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// The edge rules a bind's options ask for.
+fn tunnel_edge(
+    options: &[TunnelOption],
+    notices: &tokio::sync::mpsc::Sender<ServerMessage>,
+) -> Result<TunnelEdge, PolicyError> {
+    let tag = |o: &&TunnelOption| o.tag & !TunnelOption::CRITICAL;
+    let policy = match options
+        .iter()
+        .find(|o| tag(o) == shared_proto::options::EDGE_POLICY)
+    {
+        Some(o) => Some(EdgePolicy::from_option_value(&o.value)?.compile()?),
+        None => None,
+    };
+    let wants_notices = options
+        .iter()
+        .any(|o| tag(&o) == shared_proto::options::REFUSAL_NOTICES);
+    Ok(TunnelEdge {
+        policy,
+        notices: wants_notices.then(|| notices.clone()),
+    })
 }
 
 /// Closes a session that a newer session of the same token has replaced, once it holds

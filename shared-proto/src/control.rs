@@ -22,6 +22,7 @@ const TAG_REFUSED: u8 = 0x82;
 const TAG_BOUND: u8 = 0x83;
 const TAG_BIND_REFUSED: u8 = 0x84;
 const TAG_GOAWAY: u8 = 0x85;
+const TAG_EXCHANGE_REFUSED: u8 = 0x86;
 const TAG_QUEUE_REPORT: u8 = 0x87;
 
 /// What kind of traffic a tunnel carries.
@@ -210,6 +211,24 @@ pub enum ServerMessage {
         /// Why, for the user.
         reason: String,
     },
+    /// The relay refused a visitor's request for one of this session's tunnels (edge
+    /// policy, operator signature check), so the request never crossed the tunnel.
+    /// Sent only for tunnels whose bind carried
+    /// [`crate::options::REFUSAL_NOTICES`]; the client records it for its inspector.
+    ExchangeRefused {
+        /// The tunnel the request was for.
+        tunnel_id: u32,
+        /// Request method.
+        method: String,
+        /// Request path and query.
+        path: String,
+        /// The status the visitor got (401, 403, 413).
+        status: u16,
+        /// Why, as the short text the visitor got.
+        reason: String,
+        /// The visitor's address as the relay saw it.
+        visitor: Option<String>,
+    },
     /// The answer to a [`ClientMessage::Queue`]: a JSON document (`{"entries": […]}`,
     /// `{"ok": …}` or `{"error": "…"}`), so the listing can grow fields without a new
     /// frame format.
@@ -361,6 +380,22 @@ impl Frame for ServerMessage {
                 dst.put_u8(TAG_GOAWAY);
                 put_string(dst, reason, "reason")
             }
+            ServerMessage::ExchangeRefused {
+                tunnel_id,
+                method,
+                path,
+                status,
+                reason,
+                visitor,
+            } => {
+                dst.put_u8(TAG_EXCHANGE_REFUSED);
+                dst.put_u32(*tunnel_id);
+                put_string(dst, method, "method")?;
+                put_string(dst, path, "path")?;
+                dst.put_u16(*status);
+                put_string(dst, reason, "reason")?;
+                put_opt_string(dst, visitor.as_deref(), "visitor")
+            }
             ServerMessage::QueueReport { json } => {
                 dst.put_u8(TAG_QUEUE_REPORT);
                 put_string(dst, json, "queue report")
@@ -389,6 +424,14 @@ impl Frame for ServerMessage {
             }),
             TAG_GOAWAY => Ok(ServerMessage::GoAway {
                 reason: r.string("reason")?,
+            }),
+            TAG_EXCHANGE_REFUSED => Ok(ServerMessage::ExchangeRefused {
+                tunnel_id: r.u32("tunnel id")?,
+                method: r.string("method")?,
+                path: r.string("path")?,
+                status: r.u16("status")?,
+                reason: r.string("reason")?,
+                visitor: r.opt_string("visitor")?,
             }),
             TAG_QUEUE_REPORT => Ok(ServerMessage::QueueReport {
                 json: r.string("queue report")?,
@@ -489,6 +532,21 @@ mod tests {
     }
 
     #[test]
+    fn exchange_refused_golden() {
+        check(
+            &ServerMessage::ExchangeRefused {
+                tunnel_id: 1,
+                method: "GET".into(),
+                path: "/".into(),
+                status: 403,
+                reason: "no".into(),
+                visitor: None,
+            },
+            "0000001a860000000100000003474554000000012f0193000000026e6f00",
+        );
+    }
+
+    #[test]
     fn every_message_round_trips() {
         let msgs = [
             ServerMessage::Bound {
@@ -506,6 +564,22 @@ mod tests {
             ServerMessage::Refused {
                 code: ErrorCode::Other(999),
                 message: String::new(),
+            },
+            ServerMessage::ExchangeRefused {
+                tunnel_id: 2,
+                method: "POST".into(),
+                path: "/hook?x=1".into(),
+                status: 401,
+                reason: "porthole: authentication required".into(),
+                visitor: Some("203.0.113.9:5000".into()),
+            },
+            ServerMessage::ExchangeRefused {
+                tunnel_id: 1,
+                method: "GET".into(),
+                path: "/".into(),
+                status: 403,
+                reason: String::new(),
+                visitor: None,
             },
             ServerMessage::QueueReport {
                 json: "{\"entries\":[]}".into(),

@@ -71,24 +71,34 @@ pub enum Outcome {
     TargetTimeout,
     /// The exchange was cut short (visitor went away, tunnel lost, body failed).
     Cancelled(String),
+    /// The relay refused the request (edge policy, operator signature rule); it never
+    /// crossed the tunnel. Holds the text the visitor got.
+    RefusedAtEdge(String),
+    /// The client refused the request before the target saw it (`--verify-enforce`).
+    Rejected(String),
 }
 
 impl Outcome {
     /// A short machine-readable word: `completed`, `target_error`, `target_timeout`,
-    /// `cancelled`.
+    /// `cancelled`, `refused_at_edge`, `rejected`.
     pub fn kind(&self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
             Outcome::TargetError(_) => "target_error",
             Outcome::TargetTimeout => "target_timeout",
             Outcome::Cancelled(_) => "cancelled",
+            Outcome::RefusedAtEdge(_) => "refused_at_edge",
+            Outcome::Rejected(_) => "rejected",
         }
     }
 
     /// The reason, for outcomes that have one.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Outcome::TargetError(r) | Outcome::Cancelled(r) => Some(r),
+            Outcome::TargetError(r)
+            | Outcome::Cancelled(r)
+            | Outcome::RefusedAtEdge(r)
+            | Outcome::Rejected(r) => Some(r),
             Outcome::Completed | Outcome::TargetTimeout => None,
         }
     }
@@ -119,6 +129,8 @@ pub struct Exchange {
     pub response: Option<CapturedResponse>,
     /// How it ended.
     pub outcome: Outcome,
+    /// The webhook signature verdict, when the tunnel has verifiers.
+    pub signature: Option<crate::signatures::SignatureCheck>,
 }
 
 /// Receives finished exchanges. Implementations must return quickly (hand off to a
@@ -143,6 +155,9 @@ pub struct ReplayRequest {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The whole body to send.
     pub body: Bytes,
+    /// Sign the request afresh when the tunnel has a verifier for its provider
+    /// (`false`: `--no-resign`, keep the captured headers).
+    pub resign: bool,
 }
 
 /// A boxed future, for object-safe async traits.

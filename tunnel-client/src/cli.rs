@@ -17,6 +17,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Open an HTTP tunnel to TARGET (without --relay: local mode, an in-process relay).
@@ -30,6 +32,141 @@ pub enum Command {
     Wait(crate::wait::WaitArgs),
     /// List, retry or drop exchanges in the relay's durable queue for your names.
     Queue(crate::queue_cmd::QueueArgs),
+    /// Open the tunnels declared in porthole.toml (all, or the NAMEs given) in one
+    /// session.
+    Start(StartArgs),
+}
+
+/// Per-tunnel signature and edge-policy flags of `porthole http` (the same keys as a
+/// `[tunnels.NAME]` table in porthole.toml).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TunnelFlags {
+    /// Verify webhook signatures: PROVIDER:SECRET (github, gitlab, stripe, slack,
+    /// standardwebhooks, svix, shopify, twilio, square, paddle, discord); repeatable.
+    #[arg(
+        long,
+        env = "PORTHOLE_VERIFY",
+        hide_env_values = true,
+        value_name = "PROVIDER:SECRET"
+    )]
+    pub verify: Vec<Secret>,
+    /// Refuse (401) requests whose signature does not verify, before the target sees
+    /// them (the body is read first, up to 25 MiB; larger gets 413).
+    #[arg(long, requires = "verify")]
+    pub verify_enforce: bool,
+    /// Edge policy: visitors must log in with USER:PASSWORD (401 otherwise); the
+    /// relay receives only a hash.
+    #[arg(
+        long,
+        env = "PORTHOLE_BASIC_AUTH",
+        hide_env_values = true,
+        value_name = "USER:PASSWORD"
+    )]
+    pub basic_auth: Option<Secret>,
+    /// Edge policy: only these visitor networks (CIDR), comma-separated (403 otherwise).
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", value_parser = crate::config::parse_cidr)]
+    pub allow_ip: Vec<ipnet::IpNet>,
+    /// Edge policy: refuse these visitor networks (CIDR), comma-separated (403).
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", value_parser = crate::config::parse_cidr)]
+    pub deny_ip: Vec<ipnet::IpNet>,
+    /// Edge policy: set this request header ("Name: value"); repeatable.
+    #[arg(long, value_name = "HEADER")]
+    pub request_header_add: Vec<String>,
+    /// Edge policy: remove this request header; repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub request_header_remove: Vec<String>,
+    /// Edge policy: set this response header ("Name: value"); repeatable.
+    #[arg(long, value_name = "HEADER")]
+    pub response_header_add: Vec<String>,
+    /// Edge policy: remove this response header; repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub response_header_remove: Vec<String>,
+    /// Edge policy: largest request body in bytes (413 beyond).
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Send the target's HOST:PORT as the Host header (done by this client, which
+    /// alone knows the target) instead of the public host.
+    #[arg(long)]
+    pub rewrite_host: bool,
+}
+
+impl TunnelFlags {
+    /// The settings these flags describe, each value tagged with its flag for errors.
+    pub fn settings(
+        &self,
+        name: Option<String>,
+        target: Option<String>,
+    ) -> crate::config::TunnelSettings {
+        let tag = |flag: &str, list: &[String]| -> Vec<(String, String)> {
+            list.iter().map(|v| (flag.to_owned(), v.clone())).collect()
+        };
+        crate::config::TunnelSettings {
+            name,
+            target,
+            verify: self
+                .verify
+                .iter()
+                .map(|s| ("--verify".to_owned(), s.clone()))
+                .collect(),
+            verify_enforce: self.verify_enforce,
+            rewrite_host: self.rewrite_host,
+            basic_auth: self
+                .basic_auth
+                .iter()
+                .map(|s| ("--basic-auth".to_owned(), s.clone()))
+                .collect(),
+            allow_ips: self.allow_ip.clone(),
+            deny_ips: self.deny_ip.clone(),
+            request_headers_add: tag("--request-header-add", &self.request_header_add),
+            request_headers_remove: self.request_header_remove.clone(),
+            response_headers_add: tag("--response-header-add", &self.response_header_add),
+            response_headers_remove: self.response_header_remove.clone(),
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// Flags of `porthole start`; each overrides the config file's key of the same name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StartArgs {
+    /// Tunnels to open (keys of [tunnels.NAME]); all of them when none is given.
+    pub names: Vec<String>,
+    /// Config file [default: $XDG_CONFIG_HOME/porthole/porthole.toml].
+    #[arg(long, env = "PORTHOLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The relay's tunnel address, HOST:PORT (overrides `relay`).
+    #[arg(long, env = "PORTHOLE_RELAY")]
+    pub relay: Option<String>,
+    /// Client token (overrides `token` / `token_env`).
+    #[arg(long, env = "PORTHOLE_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+    /// Relay pin (overrides `relay_pin`).
+    #[arg(long, env = "PORTHOLE_RELAY_PIN", conflicts_with = "relay_ca")]
+    pub relay_pin: Option<String>,
+    /// Relay CA file (overrides `relay_ca`).
+    #[arg(long, env = "PORTHOLE_RELAY_CA")]
+    pub relay_ca: Option<PathBuf>,
+    /// Inspector address, or `off` (overrides `inspect`) [default: 127.0.0.1:4040].
+    #[arg(long, env = "PORTHOLE_INSPECT")]
+    pub inspect: Option<String>,
+    /// Credential required by the inspector.
+    #[arg(long, env = "PORTHOLE_INSPECT_CREDENTIAL", hide_env_values = true)]
+    pub inspect_credential: Option<Secret>,
+    /// Exchanges kept in the inspector's history.
+    #[arg(long, default_value_t = 1000)]
+    pub history_size: usize,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// No line per request.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Write the ready events as JSON to this file once the tunnels are online.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Bytes of each body kept for the inspector.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub capture_body_bytes: usize,
 }
 
 /// Flags of `porthole http`.
@@ -78,6 +215,9 @@ pub struct HttpArgs {
     /// Bytes of each body kept for the inspector.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub capture_body_bytes: usize,
+    /// Signature verification and edge policy for this tunnel.
+    #[command(flatten)]
+    pub tunnel: TunnelFlags,
     /// `queue`: the relay stores each request, answers 202 at once and delivers it in
     /// order; `passthrough`: the sender waits for your app [relay default: passthrough].
     #[arg(long)]

@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -29,6 +29,7 @@ use crate::capture::{
     BodyTap, BoxFuture, CapturedRequest, CapturedResponse, Exchange, ExchangeId, IdSource, Outcome,
     ReplayRequest, Replayer, Sinks,
 };
+use crate::signatures::{self, SignatureCheck, TunnelRules};
 
 /// How long a finished response waits for the relay's acknowledgement.
 const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -95,6 +96,8 @@ pub struct TunnelTarget {
     pub name: String,
     /// Where it forwards.
     pub target: Target,
+    /// Signature checks and Host rewrite.
+    pub rules: Arc<TunnelRules>,
 }
 
 /// Tunnel ids of one session → targets (ids are per connection).
@@ -108,6 +111,8 @@ pub struct Forwarder {
     body_cap: usize,
     /// Name → target, for replays.
     by_name: Mutex<HashMap<String, Target>>,
+    /// Name → rules, for re-signing replays.
+    rules_by_name: Mutex<HashMap<String, Arc<TunnelRules>>>,
     /// Queued exchanges already delivered (redeliveries are not sent to the target).
     dedup: std::sync::OnceLock<Arc<crate::dedup::Dedup>>,
     /// Itself, for the `'static` futures of [`Replayer::replay`].
@@ -140,6 +145,7 @@ impl Forwarder {
             ids: IdSource::new(first_id),
             body_cap,
             by_name: Mutex::new(HashMap::new()),
+            rules_by_name: Mutex::new(HashMap::new()),
             dedup: std::sync::OnceLock::new(),
             weak: weak.clone(),
         })
@@ -150,7 +156,12 @@ impl Forwarder {
     }
 
     /// Sends a replay to `target` and records it; answers the new exchange's id.
-    async fn replay_to(&self, target: Target, req: ReplayRequest) -> ExchangeId {
+    async fn replay_to(
+        &self,
+        target: Target,
+        rules: Arc<TunnelRules>,
+        req: ReplayRequest,
+    ) -> ExchangeId {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let id = self.ids.next();
@@ -164,8 +175,23 @@ impl Forwarder {
         let body = Full::new(req.body.clone())
             .map_err(|never| match never {})
             .boxed_unsync();
+        let signature = signatures::check(
+            &rules.verifiers,
+            &req.method,
+            &req.uri,
+            &req.headers,
+            &req.body,
+            started_at,
+        );
         let result = self
-            .send_to_target(&target, &req.method, &req.uri, wire, body)
+            .send_to_target(
+                &target,
+                &req.method,
+                &req.uri,
+                &wire,
+                body,
+                rules.rewrite_host,
+            )
             .await;
         let time_to_head = started.elapsed();
         let (response, outcome) = match result {
@@ -218,9 +244,58 @@ impl Forwarder {
             },
             response,
             outcome,
+            signature,
         };
         self.sinks.record(&exchange);
         id
+    }
+
+    /// Remembers a tunnel's rules by name (for re-signing replays).
+    pub fn register_rules(&self, name: &str, rules: &Arc<TunnelRules>) {
+        self.rules_by_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), rules.clone());
+    }
+
+    /// Records a request the relay refused at the edge (it never reached this client)
+    /// so the console and the inspector show it.
+    pub fn record_refused(&self, tunnel: &TunnelTarget, refused: RefusedExchange) {
+        if self.sinks.is_empty() {
+            return;
+        }
+        let body = Bytes::from(refused.reason.clone());
+        let exchange = Exchange {
+            id: self.ids.next(),
+            replay_of: None,
+            tunnel: tunnel.name.clone(),
+            target: tunnel.target.to_string(),
+            started_at: SystemTime::now(),
+            time_to_head: None,
+            duration: std::time::Duration::ZERO,
+            visitor: refused.visitor.and_then(|v| v.parse().ok()),
+            request: CapturedRequest {
+                method: refused.method,
+                uri: refused.path,
+                headers: Vec::new(),
+                body: crate::capture::CapturedBody::default(),
+            },
+            response: Some(CapturedResponse {
+                status: refused.status,
+                headers: vec![(
+                    "content-type".to_owned(),
+                    b"text/plain; charset=utf-8".to_vec(),
+                )],
+                body: crate::capture::CapturedBody {
+                    size: body.len() as u64,
+                    bytes: body,
+                    truncated: false,
+                },
+            }),
+            outcome: Outcome::RefusedAtEdge(refused.reason),
+            signature: None,
+        };
+        self.sinks.record(&exchange);
     }
 
     /// Deduplicates queued deliveries with `dedup` (set once).
@@ -306,43 +381,140 @@ impl Forwarder {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let id = self.ids.next();
+        let rules = tunnel.rules.clone();
         // Capture costs a copy of each body prefix and of the headers: only pay it when
-        // someone (console, inspector) will see the exchange.
+        // someone (console, inspector) will see the exchange, or a verifier needs it.
         let capture = !self.sinks.is_empty();
-        let req_tap = (capture && self.body_cap > 0)
-            .then(|| Arc::new(Mutex::new(BodyTap::new(self.body_cap))));
-        let body = match &req_tap {
-            Some(tap) => {
-                let tap = tap.clone();
-                recv_body(first, recv)
-                    .map_frame(move |f| {
-                        if let Some(d) = f.data_ref() {
-                            tap.lock().unwrap_or_else(|p| p.into_inner()).observe(d);
-                        }
-                        f
-                    })
-                    .boxed_unsync()
-            }
-            None => recv_body(first, recv),
-        };
-        let RequestHead {
-            method,
-            uri,
-            headers,
-            visitor,
-            ..
-        } = head;
-        let captured_headers: Vec<(String, Vec<u8>)> = if capture {
-            headers
+        let body_cap = if capture { self.body_cap } else { 0 };
+        let req_tap = Arc::new(Mutex::new(BodyTap::new(body_cap)));
+        let captured_headers: Vec<(String, Vec<u8>)> = if capture || rules.verifies() {
+            head.headers
                 .iter()
                 .map(|h| (h.name.clone(), h.value.clone()))
                 .collect()
         } else {
             Vec::new()
         };
+        let method = head.method.clone();
+        let uri = head.uri.clone();
+        let visitor = head.visitor;
+
+        // Report-only verification keeps its own copy of the body (up to the cap) as
+        // it streams past; enforcement reads the body before the target sees it.
+        let verify_tap = (rules.verifies() && !rules.enforce)
+            .then(|| Arc::new(Mutex::new(BodyTap::new(signatures::VERIFY_BODY_CAP))));
+        let mut signature = None;
+        let body = if rules.verifies() && rules.enforce {
+            let refusal = match Limited::new(recv_body(first, recv), signatures::VERIFY_BODY_CAP)
+                .collect()
+                .await
+            {
+                Ok(collected) => {
+                    let bytes = collected.to_bytes();
+                    req_tap
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .observe(&bytes);
+                    let check = signatures::check(
+                        &rules.verifiers,
+                        &method,
+                        &uri,
+                        &captured_headers,
+                        &bytes,
+                        started_at,
+                    );
+                    match check {
+                        Some(c) if !c.is_valid() => {
+                            let text = format!(
+                                "porthole: webhook signature rejected ({}: {})",
+                                c.provider, c.detail
+                            );
+                            signature = Some(c);
+                            Err((401, "signature-invalid", text))
+                        }
+                        c => {
+                            signature = c;
+                            Ok(Full::new(bytes)
+                                .map_err(|never| match never {})
+                                .boxed_unsync())
+                        }
+                    }
+                }
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => Err((
+                    413,
+                    "body-too-large",
+                    format!(
+                        "porthole: this tunnel verifies signatures and reads at most {} bytes of body",
+                        signatures::VERIFY_BODY_CAP
+                    ),
+                )),
+                // The visitor or the relay gave up mid-body: nothing to answer.
+                Err(_) => {
+                    send.reset(codes::RESET_CANCELLED);
+                    return;
+                }
+            };
+            match refusal {
+                Ok(body) => body,
+                Err((status, kind, text)) => {
+                    let response = answer_locally(send, status, kind, text.clone()).await;
+                    if self.sinks.is_empty() {
+                        return;
+                    }
+                    let request_body = std::mem::replace(
+                        &mut *req_tap.lock().unwrap_or_else(|p| p.into_inner()),
+                        BodyTap::new(0),
+                    )
+                    .finish();
+                    self.sinks.record(&Exchange {
+                        id,
+                        replay_of: None,
+                        tunnel: tunnel.name,
+                        target: tunnel.target.to_string(),
+                        started_at,
+                        time_to_head: None,
+                        duration: started.elapsed(),
+                        visitor,
+                        request: CapturedRequest {
+                            method,
+                            uri,
+                            headers: captured_headers,
+                            body: request_body,
+                        },
+                        response: Some(response),
+                        outcome: Outcome::Rejected(text),
+                        signature,
+                    });
+                    return;
+                }
+            }
+        } else if body_cap == 0 && verify_tap.is_none() {
+            recv_body(first, recv)
+        } else {
+            let tap = req_tap.clone();
+            let vtap = verify_tap.clone();
+            recv_body(first, recv)
+                .map_frame(move |f| {
+                    if let Some(d) = f.data_ref() {
+                        tap.lock().unwrap_or_else(|p| p.into_inner()).observe(d);
+                        if let Some(v) = &vtap {
+                            v.lock().unwrap_or_else(|p| p.into_inner()).observe(d);
+                        }
+                    }
+                    f
+                })
+                .boxed_unsync()
+        };
 
         let result = self
-            .send_to_target(&tunnel.target, &method, &uri, headers, body)
+            .send_to_target(
+                &tunnel.target,
+                &head.method,
+                &head.uri,
+                &head.headers,
+                body,
+                rules.rewrite_host,
+            )
             .await;
         let time_to_head = started.elapsed();
 
@@ -364,7 +536,7 @@ impl Forwarder {
                     status: parts.status.as_u16(),
                     headers: wire,
                 };
-                let mut tap = BodyTap::new(self.body_cap);
+                let mut tap = BodyTap::new(body_cap);
                 let outcome = match encode_head(&resp_head) {
                     Ok(bytes) => match send.write(bytes).await {
                         Ok(()) => match pump_body_observed(body, send, |d| tap.observe(d)).await {
@@ -433,18 +605,48 @@ impl Forwarder {
             }
         };
 
-        if !capture {
+        if self.sinks.is_empty() {
             return;
         }
-        let request_body = req_tap
-            .map(|tap| {
-                std::mem::replace(
-                    &mut *tap.lock().unwrap_or_else(|p| p.into_inner()),
-                    BodyTap::new(0),
+        let request_body = std::mem::replace(
+            &mut *req_tap.lock().unwrap_or_else(|p| p.into_inner()),
+            BodyTap::new(0),
+        )
+        .finish();
+        if let Some(vtap) = verify_tap {
+            let body = std::mem::replace(
+                &mut *vtap.lock().unwrap_or_else(|p| p.into_inner()),
+                BodyTap::new(0),
+            )
+            .finish();
+            let declared = captured_headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+            signature = if body.truncated {
+                Some(SignatureCheck::unverifiable(
+                    &rules.verifiers,
+                    format!(
+                        "unverifiable: body over {} bytes",
+                        signatures::VERIFY_BODY_CAP
+                    ),
+                ))
+            } else if declared.is_some_and(|d| d != body.size) {
+                Some(SignatureCheck::unverifiable(
+                    &rules.verifiers,
+                    "unverifiable: the body was not received in full".into(),
+                ))
+            } else {
+                signatures::check(
+                    &rules.verifiers,
+                    &method,
+                    &uri,
+                    &captured_headers,
+                    &body.bytes,
+                    started_at,
                 )
-                .finish()
-            })
-            .unwrap_or_default();
+            };
+        }
         let exchange = Exchange {
             id,
             replay_of: None,
@@ -462,6 +664,7 @@ impl Forwarder {
             },
             response,
             outcome,
+            signature,
         };
         self.sinks.record(&exchange);
     }
@@ -471,8 +674,9 @@ impl Forwarder {
         target: &Target,
         method: &str,
         uri: &str,
-        headers: Vec<Header>,
+        headers: &[Header],
         body: TunnelBody,
+        rewrite_host: bool,
     ) -> Result<Response<Incoming>, String> {
         let full_uri: Uri = format!("{}{}", target.as_str(), uri)
             .parse()
@@ -485,16 +689,73 @@ impl Forwarder {
         let h = req.headers_mut();
         h.reserve(headers.len());
         for Header { name, value } in headers {
-            // `from_maybe_shared` takes the Vec without copying it.
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_maybe_shared(Bytes::from(value)),
+                HeaderValue::from_bytes(value),
             ) {
                 h.append(n, v);
             }
         }
+        if rewrite_host {
+            let authority = target.as_str().trim_start_matches("http://");
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                h.insert(http::header::HOST, v);
+            }
+        }
         self.client.request(req).await.map_err(|e| error_chain(&e))
     }
+}
+
+/// Answers the relay with the client's own short plain-text response (401, 413) and
+/// answers what was sent, for the record.
+async fn answer_locally(
+    mut send: GuardedSend,
+    status: u16,
+    kind: &'static str,
+    text: String,
+) -> CapturedResponse {
+    let body = Bytes::from(format!("{text}\n"));
+    let resp_head = ResponseHead {
+        status,
+        headers: vec![
+            Header::new("content-type", b"text/plain; charset=utf-8".to_vec()),
+            Header::new("content-length", body.len().to_string().into_bytes()),
+            Header::new("x-porthole-error", kind.as_bytes().to_vec()),
+        ],
+    };
+    if let Ok(h) = encode_head(&resp_head) {
+        if send.write(h).await.is_ok() && send.write(body.clone()).await.is_ok() {
+            send.finish_delivered(DELIVERY_WAIT).await;
+        }
+    }
+    CapturedResponse {
+        status,
+        headers: resp_head
+            .headers
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect(),
+        body: crate::capture::CapturedBody {
+            size: body.len() as u64,
+            bytes: body,
+            truncated: false,
+        },
+    }
+}
+
+/// A request the relay refused, as its notice describes it.
+#[derive(Debug, Clone)]
+pub struct RefusedExchange {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// The status the visitor got.
+    pub status: u16,
+    /// The text the visitor got.
+    pub reason: String,
+    /// The visitor's address.
+    pub visitor: Option<String>,
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -542,12 +803,34 @@ impl Replayer for Forwarder {
                     .then(|| map.values().next().cloned())
                     .flatten()
             });
+        let rules = {
+            let map = self.rules_by_name.lock().unwrap_or_else(|p| p.into_inner());
+            // As for the target: with a single tunnel, its rules are the obvious choice.
+            map.get(&req.tunnel)
+                .or_else(|| (map.len() == 1).then(|| map.values().next()).flatten())
+                .cloned()
+                .unwrap_or_default()
+        };
         let this = self.self_ref();
         Box::pin(async move {
             let target = target
                 .ok_or_else(|| format!("no running tunnel named {:?} to replay to", req.tunnel))?;
             let this = this.ok_or_else(|| "forwarder is shutting down".to_string())?;
-            Ok(this.replay_to(target, req).await)
+            let mut req = req;
+            if req.resign {
+                signatures::resign(
+                    &rules.verifiers,
+                    &req.method,
+                    &req.uri,
+                    &mut req.headers,
+                    &req.body,
+                    SystemTime::now(),
+                )
+                .map_err(|e| {
+                    format!("{e} (replay with --no-resign to keep the captured headers)")
+                })?;
+            }
+            Ok(this.replay_to(target, rules, req).await)
         })
     }
 }

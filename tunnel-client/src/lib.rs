@@ -9,6 +9,8 @@
 //! - [`trust`]: pin / CA / system-root verification of the relay.
 //! - [`forwarder`]: data stream → target → data stream, with capture and replay.
 //! - [`capture`]: what an exchange record holds; the sink and replay seams.
+//! - [`config`]: `porthole.toml` and the per-tunnel settings (verify, edge policy).
+//! - [`signatures`]: webhook verdicts, enforcement and re-signing replays.
 //! - [`inspector`]: history in SQLite, the web UI and its API, replay.
 //! - [`output`]: console lines and `--json` events.
 //! - [`local`]: local mode (in-process relay) and the built-in target.
@@ -21,6 +23,7 @@
 
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod dedup;
 pub mod exit;
 pub mod forwarder;
@@ -29,6 +32,7 @@ pub mod local;
 pub mod output;
 pub mod queue_cmd;
 pub mod session;
+pub mod signatures;
 pub mod trust;
 pub mod wait;
 
@@ -47,28 +51,118 @@ use crate::trust::Trust;
 /// Runs `porthole http` until `shutdown` fires or a fatal error.
 pub async fn run_http(args: HttpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let output = Arc::new(Output::new(args.json, args.quiet, args.ready_file.clone()));
-    let result = run_http_inner(args, output.clone(), shutdown).await;
+    let result = match args
+        .tunnel
+        .settings(args.name.clone(), args.target.clone())
+        .plan("edge policy flags")
+    {
+        Ok(plan) => run_http_inner(args, vec![plan], output.clone(), shutdown).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
         output.error(&format!("{e:#}"));
     }
     result
 }
 
+/// Runs `porthole start`: the tunnels of porthole.toml (or the named ones) in one
+/// session, with flags and env over the file.
+pub async fn run_start(args: cli::StartArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let output = Arc::new(Output::new(args.json, args.quiet, args.ready_file.clone()));
+    let result = match start_plan(&args) {
+        Ok((http, plans)) => run_http_inner(http, plans, output.clone(), shutdown).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        output.error(&format!("{e:#}"));
+    }
+    result
+}
+
+fn start_plan(args: &cli::StartArgs) -> anyhow::Result<(HttpArgs, Vec<config::TunnelPlan>)> {
+    let path = match &args.config {
+        Some(p) => p.clone(),
+        None => config::default_path()
+            .context("no config file: pass --config FILE (HOME and XDG_CONFIG_HOME are unset)")?,
+    };
+    if args.config.is_none() && !path.exists() {
+        bail!(
+            "no config file at {}: create it, or pass --config FILE",
+            path.display()
+        );
+    }
+    let file_name = path.display().to_string();
+    let file = config::ClientFile::load(&path)?;
+    let plans = file.plans(&file_name, &args.names)?;
+    let token = match &args.token {
+        Some(t) => Some(t.clone()),
+        None => file.token(&file_name)?,
+    };
+    let http = HttpArgs {
+        target: None,
+        relay: args.relay.clone().or(file.relay.clone()),
+        token,
+        relay_pin: args.relay_pin.clone().or(if args.relay_ca.is_some() {
+            None
+        } else {
+            file.relay_pin.clone()
+        }),
+        relay_ca: args.relay_ca.clone().or(file.relay_ca.clone()),
+        name: None,
+        inspect: args
+            .inspect
+            .clone()
+            .or(file.inspect.clone())
+            .unwrap_or_else(|| "127.0.0.1:4040".into()),
+        inspect_credential: args.inspect_credential.clone(),
+        history_size: args.history_size,
+        json: args.json,
+        quiet: args.quiet,
+        ready_file: args.ready_file.clone(),
+        local_addr: ([127, 0, 0, 1], 8080).into(),
+        capture_body_bytes: args.capture_body_bytes,
+        tunnel: cli::TunnelFlags::default(),
+        delivery: None,
+        offline: None,
+    };
+    Ok((http, plans))
+}
+
 async fn run_http_inner(
     args: HttpArgs,
+    plans: Vec<config::TunnelPlan>,
     output: Arc<Output>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let stop_local = CancellationToken::new();
     let _stop_local_on_exit = stop_local.clone().drop_guard();
 
-    let target = match &args.target {
-        Some(t) => Target::parse(t).map_err(exit::usage)?,
-        None => {
-            let addr = local::start_builtin_target(stop_local.clone()).await?;
-            Target::parse(&addr.to_string())?
-        }
-    };
+    let mut tunnels = Vec::with_capacity(plans.len());
+    let mut builtin: Option<Target> = None;
+    for plan in plans {
+        let target = match &plan.target {
+            Some(t) => Target::parse(t).map_err(exit::usage)?,
+            None => match &builtin {
+                Some(t) => t.clone(),
+                None => {
+                    let addr = local::start_builtin_target(stop_local.clone()).await?;
+                    let t = Target::parse(&addr.to_string())?;
+                    builtin = Some(t.clone());
+                    t
+                }
+            },
+        };
+        tunnels.push(TunnelSpec {
+            name: plan.name,
+            target,
+            options: plan
+                .options
+                .into_iter()
+                .chain(delivery_options(&args))
+                .collect(),
+            rules: plan.rules,
+        });
+    }
 
     // A local relay lives as long as this run (its data dir is removed on drop).
     let mut local_relay = None;
@@ -145,11 +239,7 @@ async fn run_http_inner(
         relay,
         token,
         trust,
-        tunnels: vec![TunnelSpec {
-            name: args.name.clone(),
-            target,
-            options: delivery_options(&args),
-        }],
+        tunnels,
         local_mode,
         inspect_url,
     };
@@ -215,4 +305,71 @@ async fn start_inspector(
     }
     let inspector = inspector::Inspector::open(cfg)?;
     Ok(Some((inspector, listener, format!("http://{bound}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn start_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("porthole.toml");
+        std::fs::write(
+            &path,
+            "relay = \"file.example:4443\"\ntoken = \"file-token\"\ninspect = \"off\"\n\
+             [tunnels.a]\ntarget = \"3000\"\n[tunnels.b]\ntarget = \"4000\"\nname = \"bee\"\n",
+        )
+        .unwrap();
+        let cli = cli::Cli::try_parse_from([
+            "porthole",
+            "start",
+            "b",
+            "--config",
+            path.to_str().unwrap(),
+            "--relay",
+            "flag.example:4443",
+            "--inspect",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let cli::Command::Start(args) = cli.command else {
+            panic!("not start")
+        };
+        let (http, plans) = start_plan(&args).unwrap();
+        assert_eq!(http.relay.as_deref(), Some("flag.example:4443"));
+        assert_eq!(http.inspect, "127.0.0.1:0");
+        // PORTHOLE_TOKEN may be set by the environment running the tests.
+        if std::env::var_os("PORTHOLE_TOKEN").is_none() {
+            assert_eq!(http.token.unwrap().expose(), "file-token");
+        }
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].name.as_deref(), Some("bee"));
+        assert_eq!(plans[0].target.as_deref(), Some("4000"));
+    }
+
+    #[test]
+    fn bad_verify_flags_name_the_flag_not_the_secret() {
+        let cli = cli::Cli::try_parse_from([
+            "porthole",
+            "http",
+            "3000",
+            "--verify",
+            "strype:whsec_topsecret",
+        ])
+        .unwrap();
+        let cli::Command::Http(args) = cli.command else {
+            panic!("not http")
+        };
+        let err = args
+            .tunnel
+            .settings(None, None)
+            .plan("edge policy flags")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--verify"), "{err}");
+        assert!(!err.contains("topsecret"), "{err}");
+        assert!(!format!("{args:?}").contains("topsecret"));
+    }
 }

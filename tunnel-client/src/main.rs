@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         });
         match cli.command {
             Command::Http(args) => tunnel_client::run_http(args, shutdown).await,
+            Command::Start(args) => tunnel_client::run_start(args, shutdown).await,
             Command::Requests(args) => {
                 let mut out = std::io::stdout();
                 report(tunnel_client::inspector::cli::requests(&args, &mut out).await)

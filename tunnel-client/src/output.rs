@@ -161,6 +161,7 @@ impl ExchangeSink for Output {
                     "outcome": ex.outcome.kind(),
                     "error": ex.outcome.reason(),
                     "replay_of": ex.replay_of.map(|r| r.0),
+                    "signature": ex.signature,
                 })
                 .to_string(),
             );
@@ -174,6 +175,9 @@ impl ExchangeSink for Output {
             );
             if let Some(r) = ex.outcome.reason() {
                 line.push_str(&format!("  ({r})"));
+            }
+            if let Some(sig) = &ex.signature {
+                line.push_str(&format!("  {}", sig.console()));
             }
             if let Some(of) = ex.replay_of {
                 line.push_str(&format!("  [replay of #{of}]"));

@@ -40,6 +40,8 @@ pub struct TunnelSpec {
     pub target: Target,
     /// Options sent with the bind (policy, delivery mode, …).
     pub options: Vec<shared_proto::TunnelOption>,
+    /// What the client itself does for this tunnel (signatures, Host rewrite).
+    pub rules: Arc<crate::signatures::TunnelRules>,
 }
 
 /// What a session needs.
@@ -177,6 +179,7 @@ pub async fn run(
         }
         for (t, spec) in connected.online.iter().zip(&cfg.tunnels) {
             forwarder.register(&t.name, &spec.target);
+            forwarder.register_rules(&t.name, &spec.rules);
         }
         if ever_connected {
             output.reconnected(&connected.online);
@@ -335,7 +338,15 @@ async fn connect(
             name: names[i].clone(),
             kind: TunnelKind::Http,
             reserve: reserve[i],
-            options: spec.options.clone(),
+            options: spec
+                .options
+                .iter()
+                .cloned()
+                .chain([shared_proto::TunnelOption::new(
+                    shared_proto::options::REFUSAL_NOTICES,
+                    Vec::new(),
+                )])
+                .collect(),
         };
         send_msg(&mut send, &bind).await.map_err(|e| lost(&e))?;
         match next_msg(&mut recv, &conn).await? {
@@ -349,6 +360,7 @@ async fn connect(
                     TunnelTarget {
                         name: name.clone(),
                         target: spec.target.clone(),
+                        rules: spec.rules.clone(),
                     },
                 );
                 online.push(Online {
@@ -440,6 +452,7 @@ async fn serve(
         map,
         ..
     } = c;
+    let tunnels = map.clone();
     let accept = {
         let conn = conn.clone();
         let forwarder = forwarder.clone();
@@ -462,6 +475,11 @@ async fn serve(
             }
             msg = ctrl_recv.next::<ServerMessage>() => match msg {
                 Ok(Some(ServerMessage::GoAway { reason })) => break Ended::Now(format!("relay is draining: {reason}")),
+                Ok(Some(ServerMessage::ExchangeRefused { tunnel_id, method, path, status, reason, visitor })) => {
+                    if let Some(t) = tunnels.get(&tunnel_id) {
+                        forwarder.record_refused(t, crate::forwarder::RefusedExchange { method, path, status, reason, visitor });
+                    }
+                }
                 Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
                 Ok(None) | Err(_) => break closed_reason(&conn).await,
             },

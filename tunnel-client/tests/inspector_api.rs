@@ -892,6 +892,7 @@ async fn serves_over_a_socket_with_live_events_and_cli() {
         headers: vec!["X-From-Cli: 1".into(), "authorization:".into()],
         body: Some("cli body".into()),
         body_file: None,
+        no_resign: false,
         json: false,
     };
     let new_id = cli::replay(&replay, &mut out).await.unwrap();

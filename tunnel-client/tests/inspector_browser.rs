@@ -15,6 +15,7 @@ use support::webdriver::{find_browser, Driver};
 use support::{exchange, whole, RecordingTarget, TestReplayer};
 use tunnel_client::capture::{ExchangeSink, IdSource, Outcome};
 use tunnel_client::inspector::{Inspector, InspectorConfig};
+use tunnel_client::signatures::SignatureCheck;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -31,6 +32,11 @@ fn background(insp: &Inspector) {
         "content-type".into(),
         b"application/x-www-form-urlencoded".to_vec(),
     );
+    form.signature = Some(SignatureCheck {
+        provider: "twilio".into(),
+        result: "invalid_signature".into(),
+        detail: "signature does not match".into(),
+    });
     insp.record(&form);
     insp.record(&exchange(2, "GET", "/health", 204, b""));
     let mut fail = exchange(
@@ -108,11 +114,27 @@ async fn ui_shows_live_exchanges_and_replays() {
         "user-agent".into(),
         b"Stripe/1.0 (+https://stripe.com/docs/webhooks)".to_vec(),
     ));
+    hook.signature = Some(SignatureCheck {
+        provider: "stripe".into(),
+        result: "valid".into(),
+        detail: "signature valid".into(),
+    });
     insp.record(&hook);
     let row = session
         .wait_for(&format!("#list .row[data-id=\"{id}\"]"), WAIT)
         .await
         .unwrap();
+    // Signature badges in the list: valid in green, invalid (row 1) in red.
+    let ok = session
+        .wait_for(&format!("#list .row[data-id=\"{id}\"] .sig-ok"), WAIT)
+        .await
+        .unwrap();
+    assert!(session.text(&ok).await.unwrap().contains("stripe"));
+    let bad = session
+        .wait_for("#list .row[data-id=\"1\"] .sig-bad", WAIT)
+        .await
+        .unwrap();
+    assert!(session.text(&bad).await.unwrap().contains("twilio"));
     assert!(session
         .text(&row)
         .await
@@ -127,6 +149,12 @@ async fn ui_shows_live_exchanges_and_replays() {
         .unwrap();
     let text = session.text(&pretty).await.unwrap();
     assert!(text.contains("\"type\": \"invoice.paid\""), "{text}");
+    let sig = session.wait_for("#detail #signature", WAIT).await.unwrap();
+    assert!(session
+        .text(&sig)
+        .await
+        .unwrap()
+        .contains("stripe · signature valid"));
     assert!(
         text.contains("\n  \"data\": {\n    \"object\": {"),
         "not indented: {text}"

@@ -60,11 +60,13 @@ mod provider;
 mod request;
 mod scheme;
 mod secret;
+mod set;
 mod verdict;
 mod verifier;
 
 pub use provider::Provider;
 pub use request::SignedRequest;
+pub use set::{signer_for, verify_any};
 pub use verdict::Verdict;
 pub use verifier::{SignError, SpecError, Verifier};
 

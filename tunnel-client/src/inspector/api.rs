@@ -499,6 +499,9 @@ struct ReplayEdits {
     headers: Option<Vec<Vec<String>>>,
     body: Option<String>,
     body_base64: Option<String>,
+    /// `false` keeps the captured signature headers; by default a replay is signed
+    /// afresh when the tunnel has a verifier for its provider.
+    resign: Option<bool>,
 }
 
 async fn replay(
@@ -587,6 +590,7 @@ fn replay_request(ex: &Exchange, edits: ReplayEdits) -> ApiResult<ReplayRequest>
         uri,
         headers,
         body,
+        resign: edits.resign.unwrap_or(true),
     })
 }
 

@@ -89,6 +89,10 @@ pub struct ReplayArgs {
     /// Replace the body with this file's bytes.
     #[arg(long, value_name = "FILE")]
     pub body_file: Option<std::path::PathBuf>,
+    /// Keep the captured signature headers instead of signing the replay afresh
+    /// (re-signing happens when the tunnel has a verifier for the provider).
+    #[arg(long)]
+    pub no_resign: bool,
     /// Print `{"id": N}` instead of the bare id.
     #[arg(long)]
     pub json: bool,
@@ -165,6 +169,9 @@ pub async fn replay(args: &ReplayArgs, out: &mut (dyn Write + Send)) -> anyhow::
                 .encode(bytes)
                 .into(),
         );
+    }
+    if args.no_resign {
+        edits.insert("resign".into(), false.into());
     }
     let answer = client
         .call(

@@ -141,7 +141,8 @@ pub struct ExchangeSummary {
     pub duration_ms: f64,
     /// When the request head arrived, RFC 3339 UTC with milliseconds.
     pub started_at: String,
-    /// `completed`, `target_error`, `target_timeout` or `cancelled`.
+    /// `completed`, `target_error`, `target_timeout`, `cancelled`, `refused_at_edge`
+    /// or `rejected`.
     pub outcome: String,
     /// The failure reason, for outcomes that have one.
     pub error: Option<String>,
@@ -151,6 +152,8 @@ pub struct ExchangeSummary {
     pub response_size: Option<u64>,
     /// The visitor's address as the relay saw it.
     pub visitor: Option<String>,
+    /// The webhook signature verdict, when the tunnel verifies signatures.
+    pub signature: Option<crate::signatures::SignatureCheck>,
 }
 
 impl ExchangeSummary {
@@ -173,6 +176,7 @@ impl ExchangeSummary {
             request_size: ex.request.body.size,
             response_size: ex.response.as_ref().map(|r| r.body.size),
             visitor: ex.visitor.map(|v| v.to_string()),
+            signature: ex.signature.clone(),
         }
     }
 }
@@ -445,8 +449,12 @@ fn write_batch(
     if let Err(err) = store.evict(limits) {
         tracing::warn!(error = format!("{err:#}"), "evicting old exchanges failed");
     }
+    if events.receiver_count() == 0 {
+        // Nobody is watching live: skip building the summaries.
+        pending.clear();
+        return;
+    }
     for ex in pending.drain(..) {
-        // No subscribers is fine.
         let _ = events.send(Arc::new(ExchangeSummary::of(&ex)));
     }
 }

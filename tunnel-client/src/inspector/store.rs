@@ -18,8 +18,9 @@ use crate::capture::{
     CapturedBody, CapturedRequest, CapturedResponse, Exchange, ExchangeId, Outcome,
 };
 
-/// Bumped when the schema changes incompatibly; an older file is then recreated.
-const SCHEMA_VERSION: i64 = 1;
+/// Bumped when the schema changes. Version 1 files are migrated in place (version 2
+/// added the `signature` column); unknown versions are recreated.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS exchanges (
@@ -44,17 +45,18 @@ CREATE TABLE IF NOT EXISTS exchanges (
     resp_truncated     INTEGER,
     outcome            TEXT NOT NULL,
     reason             TEXT,
-    stored_bytes       INTEGER NOT NULL
+    stored_bytes       INTEGER NOT NULL,
+    signature          TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
 
 const SUMMARY_COLUMNS: &str = "id, replay_of, tunnel, method, uri, status, duration_us, \
-     started_us, outcome, reason, req_size, resp_size, visitor";
+     started_us, outcome, reason, req_size, resp_size, visitor, signature";
 
 const FULL_COLUMNS: &str = "id, replay_of, tunnel, target, started_us, time_to_head_us, \
      duration_us, visitor, method, uri, req_headers, req_body, req_size, req_truncated, \
-     status, resp_headers, resp_body, resp_size, resp_truncated, outcome, reason";
+     status, resp_headers, resp_body, resp_size, resp_truncated, outcome, reason, signature";
 
 /// How much history to keep.
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +117,9 @@ impl std::str::FromStr for StatusFilter {
 /// One connection to the history file.
 pub(crate) struct Store {
     conn: Connection,
+    /// Rows and stored bytes, kept up to date by this (only) writer so that checking
+    /// the limits does not scan the table on every batch.
+    totals: Option<(u64, u64)>,
 }
 
 impl Store {
@@ -131,7 +136,11 @@ impl Store {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version != SCHEMA_VERSION {
+        if version == 1 {
+            // Version 1 lacked the signature column; its rows stay readable.
+            conn.execute_batch("ALTER TABLE exchanges ADD COLUMN signature TEXT;")?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        } else if version != SCHEMA_VERSION {
             if version != 0 {
                 tracing::warn!(version, "history has an unknown schema; starting afresh");
                 conn.execute_batch("DROP TABLE IF EXISTS exchanges; DROP TABLE IF EXISTS meta;")?;
@@ -140,7 +149,7 @@ impl Store {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         register_functions(&conn)?;
-        Ok(Self { conn })
+        Ok(Self { conn, totals: None })
     }
 
     /// The highest id ever stored (0 when none), surviving clears.
@@ -164,11 +173,12 @@ impl Store {
     ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         let mut max_id = 0u64;
+        let (mut added_rows, mut added_bytes) = (0u64, 0u64);
         {
             let mut insert = tx.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO exchanges ({FULL_COLUMNS}, stored_bytes) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-                  ?18, ?19, ?20, ?21, ?22)"
+                  ?18, ?19, ?20, ?21, ?22, ?23)"
             ))?;
             for ex in exchanges {
                 max_id = max_id.max(ex.id.0);
@@ -203,8 +213,13 @@ impl Store {
                     resp.map(|r| r.body.truncated),
                     ex.outcome.kind(),
                     ex.outcome.reason(),
+                    ex.signature
+                        .as_ref()
+                        .and_then(|s| serde_json::to_string(s).ok()),
                     stored as i64,
                 ])?;
+                added_rows += 1;
+                added_bytes += stored as u64;
             }
         }
         tx.execute(
@@ -213,27 +228,54 @@ impl Store {
             [to_i64(max_id)],
         )?;
         tx.commit()?;
+        // A replaced id is counted twice: the totals may run high, which only makes
+        // eviction (which recounts) come a little early.
+        if let Some((rows, bytes)) = &mut self.totals {
+            *rows += added_rows;
+            *bytes += added_bytes;
+        }
         Ok(())
     }
 
-    /// Deletes the oldest exchanges beyond the limits; the newest is always kept.
-    pub(crate) fn evict(&mut self, limits: &Limits) -> anyhow::Result<u64> {
+    fn count_totals(&self) -> anyhow::Result<(u64, u64)> {
         let (count, bytes): (i64, i64) = self.conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(stored_bytes), 0) FROM exchanges",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let (count, mut bytes) = (count.max(0) as u64, bytes.max(0) as u64);
-        let mut excess = count.saturating_sub(limits.max_exchanges as u64);
-        if bytes > limits.max_bytes || excess > 0 {
+        Ok((count.max(0) as u64, bytes.max(0) as u64))
+    }
+
+    /// Deletes the oldest exchanges once a limit is exceeded, down to 90% of it (so
+    /// that a full history does not pay for an eviction on every insert); the newest
+    /// is always kept.
+    pub(crate) fn evict(&mut self, limits: &Limits) -> anyhow::Result<u64> {
+        let (count, bytes) = match self.totals {
+            Some(t) => t,
+            None => {
+                let t = self.count_totals()?;
+                self.totals = Some(t);
+                t
+            }
+        };
+        let max_rows = limits.max_exchanges as u64;
+        if count <= max_rows && bytes <= limits.max_bytes {
+            return Ok(0);
+        }
+        let low_rows = max_rows - max_rows / 10;
+        let low_bytes = limits.max_bytes - limits.max_bytes / 10;
+        let mut bytes = bytes;
+        let mut excess = count.saturating_sub(low_rows);
+        let over_bytes = bytes > limits.max_bytes;
+        let mut cutoff: Option<i64> = None;
+        {
             // Walk oldest first, dropping rows until both limits hold.
             let mut stmt = self
                 .conn
                 .prepare("SELECT id, stored_bytes FROM exchanges ORDER BY id ASC")?;
             let mut rows = stmt.query([])?;
-            let mut cutoff: Option<i64> = None;
             let mut left = count;
-            while left > 1 && (excess > 0 || bytes > limits.max_bytes) {
+            while left > 1 && (excess > 0 || (over_bytes && bytes > low_bytes)) {
                 let Some(row) = rows.next()? else { break };
                 let (id, size): (i64, i64) = (row.get(0)?, row.get(1)?);
                 cutoff = Some(id);
@@ -241,22 +283,20 @@ impl Store {
                 excess = excess.saturating_sub(1);
                 left -= 1;
             }
-            drop(rows);
-            drop(stmt);
-            if let Some(cutoff) = cutoff {
-                let n = self
-                    .conn
-                    .execute("DELETE FROM exchanges WHERE id <= ?1", [cutoff])?;
-                self.reclaim();
-                return Ok(n as u64);
-            }
         }
-        Ok(0)
+        let Some(cutoff) = cutoff else { return Ok(0) };
+        let n = self
+            .conn
+            .execute("DELETE FROM exchanges WHERE id <= ?1", [cutoff])?;
+        self.totals = Some(self.count_totals()?);
+        self.reclaim();
+        Ok(n as u64)
     }
 
     /// Deletes everything; answers how many exchanges were deleted.
     pub(crate) fn clear(&mut self) -> anyhow::Result<u64> {
         let n = self.conn.execute("DELETE FROM exchanges", [])?;
+        self.totals = Some((0, 0));
         self.reclaim();
         Ok(n as u64)
     }
@@ -496,6 +536,7 @@ fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<ExchangeSummary> {
         request_size: r.get::<_, i64>(10)?.max(0) as u64,
         response_size: r.get::<_, Option<i64>>(11)?.map(|v| v.max(0) as u64),
         visitor: r.get(12)?,
+        signature: signature_from(r.get(13)?),
     })
 }
 
@@ -512,6 +553,8 @@ fn exchange_from_row(r: &Row<'_>) -> anyhow::Result<Exchange> {
         "completed" => Outcome::Completed,
         "target_error" => Outcome::TargetError(reason_or_unknown()),
         "target_timeout" => Outcome::TargetTimeout,
+        "refused_at_edge" => Outcome::RefusedAtEdge(reason_or_unknown()),
+        "rejected" => Outcome::Rejected(reason_or_unknown()),
         _ => Outcome::Cancelled(reason_or_unknown()),
     };
     let response = match r.get::<_, Option<u16>>(14)? {
@@ -547,7 +590,12 @@ fn exchange_from_row(r: &Row<'_>) -> anyhow::Result<Exchange> {
         },
         response,
         outcome,
+        signature: signature_from(r.get(21)?),
     })
+}
+
+fn signature_from(json: Option<String>) -> Option<crate::signatures::SignatureCheck> {
+    json.and_then(|j| serde_json::from_str(&j).ok())
 }
 
 #[cfg(test)]
@@ -576,6 +624,44 @@ mod tests {
         assert!("9xx".parse::<StatusFilter>().is_err());
         assert!("abc".parse::<StatusFilter>().is_err());
         assert!("42".parse::<StatusFilter>().is_err());
+    }
+
+    #[test]
+    fn version_1_files_gain_the_signature_column_and_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite3");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let v1 = SCHEMA.replace(",\n    signature          TEXT", "");
+            assert!(!v1.contains("signature"));
+            conn.execute_batch(&v1).unwrap();
+            conn.execute(
+                "INSERT INTO exchanges (id, tunnel, target, started_us, duration_us, method, \
+                 uri, req_headers, req_body, req_size, req_truncated, outcome, stored_bytes) \
+                 VALUES (7, 't', 'http://127.0.0.1:1', 0, 5, 'POST', '/old', x'', x'', 0, 0, \
+                 'completed', 300)",
+                [],
+            )
+            .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let old = store.exchange(ExchangeId(7)).unwrap().unwrap();
+        assert_eq!(old.request.uri, "/old");
+        assert_eq!(old.signature, None);
+        let listed = store
+            .list(&Filter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
     }
 
     #[test]

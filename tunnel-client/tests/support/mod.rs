@@ -181,6 +181,7 @@ impl Replayer for TestReplayer {
                     body: whole(body),
                 }),
                 outcome: Outcome::Completed,
+                signature: None,
             };
             sink.record(&ex);
             Ok(id)
@@ -238,6 +239,7 @@ pub fn exchange(id: u64, method: &str, uri: &str, status: u16, req_body: &[u8]) 
             body: whole(format!("{{\"received\":{id}}}")),
         }),
         outcome: Outcome::Completed,
+        signature: None,
     }
 }
 

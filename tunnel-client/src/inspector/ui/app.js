@@ -86,6 +86,15 @@ function statusText(s) {
   return s.outcome === "target_timeout" ? "timeout" : "error";
 }
 
+// A webhook signature verdict: green when valid, red otherwise; the title says why.
+function sigBadge(sig) {
+  const ok = sig.result === "valid";
+  const b = el("span", `sig ${ok ? "sig-ok" : "sig-bad"}`, ok ? `✓ ${sig.provider}` : `✗ ${sig.provider || "sig"}`);
+  b.title = `${sig.provider}: ${sig.detail}`;
+  b.dataset.result = sig.result;
+  return b;
+}
+
 function rowFor(s) {
   const r = el("div", "row row-grid");
   r.dataset.id = s.id;
@@ -93,6 +102,8 @@ function rowFor(s) {
   r.append(el("span", "id", s.id), el("span", `m m-${s.method}`, s.method));
   const path = el("span", "path");
   if (s.replay_of !== null) path.append(el("span", "replay", `↻${s.replay_of}`));
+  if (s.signature) path.append(sigBadge(s.signature));
+  if (s.outcome === "refused_at_edge") path.append(el("span", "sig sig-bad", "edge"));
   path.append(document.createTextNode(s.path));
   path.title = s.path;
   r.append(path, el("span", `num ${statusClass(s)}`, statusText(s)),
@@ -150,6 +161,12 @@ function renderDetail(d) {
   const top = el("div", "summary");
   top.append(el("span", `m m-${d.method}`, d.method), el("h1", null, d.path),
     el("span", `badge ${statusClass(d)}`, d.status !== null ? `${d.status} ${d.response.reason || ""}`.trim() : statusText(d)));
+  if (d.signature) {
+    const b = sigBadge(d.signature);
+    b.id = "signature";
+    b.textContent = `${b.textContent} · ${d.signature.detail}`;
+    top.append(b);
+  }
   const facts = el("div", "facts");
   const fact = (label, value) => { const f = el("span", null, `${label} `); f.append(el("b", null, value)); facts.append(f); };
   facts.append(el("b", null, `#${d.id}`));
