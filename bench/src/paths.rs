@@ -172,6 +172,13 @@ impl PortholeBins {
                 "--admin-addr",
                 "off",
                 "--json",
+                // The queue-mode run stores far more than the default retention
+                // (10,000 per name) while its backlog drains: keep it all, so every
+                // answer is the 202 being measured.
+                "--queue-max-count",
+                "1000000000",
+                "--queue-max-bytes",
+                "1000000000000",
             ])
             .env("RUST_LOG", "warn");
         let mut proc = Proc::spawn("porthole-relay", cmd, &self.work)?;
