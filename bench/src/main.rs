@@ -278,6 +278,7 @@ async fn run(args: Args) -> Result<()> {
     log(format!("target server on {target_addr}"));
     let mut paths = vec![PathUnderTest::direct(target_addr)];
     let mut porthole_ctx: Option<(PortholeBins, RelayInfo)> = None;
+    let mut queue_path: Option<PathUnderTest> = None;
 
     if !cfg.direct_only {
         if !args.no_build {
@@ -310,6 +311,10 @@ async fn run(args: Args) -> Result<()> {
             info.http, info.tunnel, p.host
         ));
         paths.push(p);
+        match paths::porthole_queue(&bins, &info, target_addr).await {
+            Ok(q) => queue_path = Some(q),
+            Err(e) => report.notes.push(format!("queue mode not measured: {e:#}")),
+        }
         porthole_ctx = Some((bins, info));
     }
 
@@ -353,6 +358,10 @@ async fn run(args: Args) -> Result<()> {
         log(format!("warm-up {}", p.name));
         wrk_run(&wrk_bin, &script, p, cfg.connections, cfg.warmup_secs).await?;
     }
+    if let Some(q) = &queue_path {
+        log("warm-up porthole-queue");
+        wrk_run(&wrk_bin, &script, q, cfg.connections, cfg.warmup_secs).await?;
+    }
 
     // Interleaved rounds.
     let n = paths.len();
@@ -373,6 +382,30 @@ async fn run(args: Args) -> Result<()> {
             let p = &mut paths[i];
             throughput(&wrk_bin, &script, p, target_proc.pid, &cfg, &mut figs[i]).await?;
             p.check_alive()?;
+            if p.name == "porthole" {
+                if let Some(q) = queue_path.as_mut() {
+                    let r =
+                        wrk_run(&wrk_bin, &script, q, cfg.connections, cfg.throughput_secs).await?;
+                    q.check_alive()?;
+                    let rps = r.rps();
+                    report.queue_thr_rps.push(rps);
+                    if let Some(pass) = figs[i].thr_rps {
+                        report.queue_vs_passthrough.push(rps / pass.max(1.0));
+                    }
+                    if r.socket_errors + r.bad_status > 0 {
+                        report.notes.push(format!(
+                            "round {}: queue mode saw {} socket errors / bad statuses",
+                            round + 1,
+                            r.socket_errors + r.bad_status
+                        ));
+                    }
+                }
+            }
+        }
+        if let (Some(direct), Some(q)) = (figs[0].thr_rps, report.queue_thr_rps.last()) {
+            if report.queue_thr_rps.len() == round + 1 {
+                report.queue_vs_direct.push(q / direct.max(1.0));
+            }
         }
         for &i in &order {
             let p = &mut paths[i];
@@ -448,6 +481,9 @@ async fn run(args: Args) -> Result<()> {
 
     for p in paths {
         p.stop().await;
+    }
+    if let Some(q) = queue_path {
+        q.stop().await;
     }
     target_proc.stop().await;
     Ok(())

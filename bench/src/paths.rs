@@ -172,6 +172,13 @@ impl PortholeBins {
                 "--admin-addr",
                 "off",
                 "--json",
+                // The queue-mode run stores far more than the default retention
+                // (10,000 per name) while its backlog drains: keep it all, so every
+                // answer is the 202 being measured.
+                "--queue-max-count",
+                "1000000000",
+                "--queue-max-bytes",
+                "1000000000000",
             ])
             .env("RUST_LOG", "warn");
         let mut proc = Proc::spawn("porthole-relay", cmd, &self.work)?;
@@ -204,6 +211,18 @@ impl PortholeBins {
         name: &str,
         inspect: Option<&str>,
     ) -> Result<Proc> {
+        self.spawn_client_with(relay, target, name, inspect, &[])
+    }
+
+    /// [`PortholeBins::spawn_client`] with extra flags (`--delivery queue`).
+    pub fn spawn_client_with(
+        &self,
+        relay: &RelayInfo,
+        target: SocketAddr,
+        name: &str,
+        inspect: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Proc> {
         let mut cmd = Command::new(&self.client);
         cmd.arg("http")
             .arg(target.to_string())
@@ -222,6 +241,7 @@ impl PortholeBins {
         if self.client_has_quiet {
             cmd.arg("--quiet");
         }
+        cmd.args(extra);
         Proc::spawn(&format!("porthole http ({name})"), cmd, &self.work)
     }
 }
@@ -277,6 +297,27 @@ pub async fn porthole(
         },
         info,
     ))
+}
+
+/// A second client on the same relay in queue mode (`--delivery queue`): the relay
+/// answers 202 once each request is durably stored and delivers it afterwards. Only
+/// its c=64 throughput is measured (queued bodies are capped, so no bulk runs); the
+/// relay's CPU is charged to the passthrough path, so none is reported here.
+pub async fn porthole_queue(
+    bins: &PortholeBins,
+    info: &RelayInfo,
+    target: SocketAddr,
+) -> Result<PathUnderTest> {
+    let mut client =
+        bins.spawn_client_with(info, target, "bench-queue", None, &["--delivery", "queue"])?;
+    let ready = wait_ready(&mut client, READY_TIMEOUT).await?;
+    client.name = "porthole (queue)".into();
+    Ok(PathUnderTest {
+        name: "porthole-queue".into(),
+        addr: info.http,
+        host: ready.host,
+        procs: vec![client],
+    })
 }
 
 /// Relay coordinates for spawning more clients after setup.

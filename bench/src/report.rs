@@ -103,6 +103,13 @@ pub struct Report {
     pub client_idle_rss_inspect_on_kib: Option<u64>,
     /// Porthole time to URL.
     pub time_to_url: Option<TimeToUrl>,
+    /// Queue mode (`--delivery queue`: 202 once the request is durably stored, fsync
+    /// on): c=64 requests/s per round, measured right after the passthrough path.
+    pub queue_thr_rps: Vec<f64>,
+    /// Those over the same round's direct c=64 requests/s.
+    pub queue_vs_direct: Vec<f64>,
+    /// And over the same round's passthrough (porthole) c=64 requests/s.
+    pub queue_vs_passthrough: Vec<f64>,
     /// Things that were skipped or looked off.
     pub notes: Vec<String>,
 }
@@ -310,6 +317,15 @@ pub fn table(r: &Report) -> String {
     }
     if !mem.is_empty() {
         let _ = writeln!(out, "idle RSS: {}", mem.join("; "));
+    }
+    if let Some(q) = median(&r.queue_thr_rps) {
+        let _ = writeln!(
+            out,
+            "queue mode c={}: median {q:.0} req/s (202 after fsync; {:.2} of direct, {:.2} of passthrough, same rounds)",
+            r.config.get("connections").and_then(|c| c.as_u64()).unwrap_or(64),
+            median(&r.queue_vs_direct).unwrap_or(f64::NAN),
+            median(&r.queue_vs_passthrough).unwrap_or(f64::NAN),
+        );
     }
     if let Some(t) = &r.time_to_url {
         if let Some(m) = t.median_first_200_ms {

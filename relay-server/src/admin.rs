@@ -200,5 +200,6 @@ pub fn render_metrics(relay: &Relay) -> String {
         "porthole_queue_depth {}",
         m.queue_depth.load(Ordering::Relaxed)
     );
+    crate::queue::render_metrics(relay.queue(), &mut out);
     out
 }

@@ -148,6 +148,9 @@ pub struct ServeArgs {
     /// throttled; 0 disables [default: 10].
     #[arg(long)]
     pub auth_failures_per_minute: Option<u32>,
+    /// Durable queue settings (`[queue]` in the file).
+    #[command(flatten)]
+    pub queue: crate::queue::QueueArgs,
 }
 
 /// The `relay.toml` file: the same keys as the flags.
@@ -219,6 +222,8 @@ pub struct FileConfig {
     /// Operator rules per tunnel name (`[names.pay-hooks]`); file only, no flag.
     #[serde(default)]
     pub names: BTreeMap<String, NameRules>,
+    /// The `[queue]` table: see [`crate::queue::QueueArgs`].
+    pub queue: Option<crate::queue::QueueFile>,
 }
 
 /// What the operator enforces for one tunnel name, whoever binds it.
@@ -293,6 +298,8 @@ pub struct RelayConfig {
     pub auth_failures_per_minute: u32,
     /// Operator signature rules: tunnel name → verifiers (any one must pass).
     pub verify: HashMap<String, Vec<webhook_verify::Verifier>>,
+    /// Durable queue settings.
+    pub queue: crate::queue::QueueConfig,
 }
 
 /// The default data dir: `$XDG_DATA_HOME/porthole-relay`, else
@@ -334,6 +341,7 @@ impl RelayConfig {
             token_limits: HashMap::new(),
             auth_failures_per_minute: 10,
             verify: HashMap::new(),
+            queue: crate::queue::QueueConfig::default(),
         }
     }
 
@@ -458,6 +466,7 @@ impl RelayConfig {
         {
             cfg.auth_failures_per_minute = n;
         }
+        cfg.queue = crate::queue::QueueConfig::resolve(&args.queue, file.queue)?;
         if cfg.tunnel_addr.is_none() {
             anyhow::bail!("--tunnel-addr cannot be off: clients connect there");
         }

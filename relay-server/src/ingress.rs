@@ -29,6 +29,7 @@ use tracing::debug;
 
 use crate::headers::{match_host, normalize_host, set_forwarded, strip_hop_by_hop, HostMatch};
 use crate::policy::Refusal;
+use crate::queue::Decision;
 use crate::quic::{
     encode_head, framed_body, pump_body, read_head, recv_body, GuardedSend, StreamError, TunnelBody,
 };
@@ -260,7 +261,26 @@ async fn route(
             );
         }
     };
-    let Some(route) = relay.registry.lookup(&name) else {
+    let route = relay.registry.lookup(&name);
+    match relay.queue.decide(relay, &name, route.is_some()) {
+        Decision::Pass => {}
+        Decision::Reject => return crate::queue::offline_reject(&name, &relay.cfg.domain),
+        Decision::Queue => {
+            // An online client's token limits apply to queued requests too.
+            if let Some(r) = &route {
+                let limits = relay.cfg.limits_for(&r.token.0);
+                if let Err(over) = relay
+                    .meter
+                    .admit(&r.token.0, &limits, std::time::Instant::now())
+                {
+                    return too_many(relay, over, &name);
+                }
+            }
+            return crate::queue::accept(relay, &name, req, visitor.peer, visitor.scheme, &host)
+                .await;
+        }
+    }
+    let Some(route) = route else {
         relay.metrics.no_tunnel.fetch_add(1, Ordering::Relaxed);
         return text(
             StatusCode::NOT_FOUND,

@@ -20,6 +20,8 @@
 //! - [`certs`]: hot-swappable certificates (file reload, TLS-ALPN-01 answers).
 //! - [`acme`]: ACME issuance and renewal.
 //! - [`limits`]: per-token limits and failed-auth throttling.
+//! - [`store`]: the durable queue's storage (trait + SQLite).
+//! - [`queue`]: queue and offline modes, redelivery, retries, dead letters.
 //!
 //! [`Relay::run`] takes already-bound listeners and a shutdown future, so tests and the
 //! client's local mode run relays on ephemeral ports. See `docs/internals.md` for the
@@ -36,9 +38,11 @@ pub mod ingress;
 pub mod limits;
 pub mod names;
 pub mod policy;
+pub mod queue;
 pub mod quic;
 pub mod registry;
 pub mod session;
+pub mod store;
 pub mod tcp;
 pub mod tls;
 pub mod tokens;
@@ -203,6 +207,7 @@ pub struct Relay {
     next_exchange: AtomicU64,
     metrics: Metrics,
     draining: CancellationToken,
+    queue: queue::Queue,
     url_port: Mutex<Option<(u16, &'static str)>>,
     tcp: tcp::TcpTunnels,
     /// Certificate for QUIC (the identity; reloaded when its files change).
@@ -248,6 +253,14 @@ impl Relay {
             https_cert.replace(&cached)?;
         }
         let auth_throttle = limits::AuthThrottle::new(cfg.auth_failures_per_minute);
+        let store = store::sqlite::SqliteStore::open(
+            &cfg.data_dir,
+            store::sqlite::SqliteOptions {
+                min_free_bytes: cfg.queue.min_free_bytes,
+            },
+        )
+        .context("opening the queue")?;
+        let queue = queue::Queue::new(store, cfg.queue.clone());
         Ok(Arc::new(Self {
             quic_cert,
             https_cert,
@@ -262,6 +275,7 @@ impl Relay {
             next_exchange: AtomicU64::new(1),
             metrics: Metrics::default(),
             draining: CancellationToken::new(),
+            queue,
             url_port: Mutex::new(None),
             tcp: tcp::TcpTunnels::new(
                 cfg_tcp_ports,
@@ -288,6 +302,11 @@ impl Relay {
     /// Counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The durable queue.
+    pub fn queue(&self) -> &queue::Queue {
+        &self.queue
     }
 
     /// The public URL of tunnel `name`.
@@ -343,6 +362,7 @@ impl Relay {
             endpoint.clone(),
             stop_accepting.clone(),
         ));
+        tasks.spawn(queue::Queue::run(self.clone()));
         tasks.spawn(session::watch_revocations(
             self.clone(),
             stop_accepting.clone(),

@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Inspect and manage the durable queue (works on the data dir's file directly).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Print the relay's pin (`sha256:<hex>`), creating its certificate if needed.
     Fingerprint {
         #[command(flatten)]
@@ -90,6 +95,41 @@ enum TokenCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// List queued, delivered and dead exchanges, newest first.
+    List {
+        /// Only this tunnel name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only this state: queued, delivered or dead.
+        #[arg(long, value_parser = ["queued", "delivered", "dead"])]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Queue an exchange again (a dead one, say), with fresh attempts.
+    Retry {
+        /// Its id (from `queue list`).
+        id: u64,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Delete an exchange from the queue.
+    Drop {
+        /// Its id (from `queue list`).
+        id: u64,
+        #[command(flatten)]
+        dir: DataDir,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
@@ -123,6 +163,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(serve(cfg, json))
         }
         Command::Token { command } => token(command),
+        Command::Queue { command } => {
+            use relay_server::queue::{admin, AdminOp};
+            let (dir, op) = match command {
+                QueueCommand::List {
+                    name,
+                    state,
+                    limit,
+                    json,
+                    dir,
+                } => (
+                    dir,
+                    AdminOp::List {
+                        name,
+                        state,
+                        json,
+                        limit,
+                    },
+                ),
+                QueueCommand::Retry { id, dir } => (dir, AdminOp::Retry { id }),
+                QueueCommand::Drop { id, dir } => (dir, AdminOp::Drop { id }),
+            };
+            admin(&dir.path(), op, &mut std::io::stdout())
+        }
         Command::Fingerprint {
             dir,
             domain,

@@ -330,6 +330,10 @@ async fn serve_control(
                 );
                 ctrl.send(&answer).await?;
             }
+            Some(ClientMessage::Queue(op)) => {
+                let json = crate::queue::handle_op(relay, token, op).await;
+                ctrl.send(&ServerMessage::QueueReport { json }).await?;
+            }
             Some(ClientMessage::Hello { .. }) => {
                 conn.close(VarInt::from_u32(codes::CLOSE_PROTOCOL), b"second hello");
                 return Ok(());
@@ -367,6 +371,10 @@ fn bind(
     let edge = match tunnel_edge(options, notices) {
         Ok(e) => Arc::new(e),
         Err(e) => return refused(ErrorCode::Other(400), e.to_string()),
+    };
+    let delivery = match crate::queue::delivery_option(options) {
+        Ok(d) => d.unwrap_or_default(),
+        Err(m) => return refused(ErrorCode::Other(400), m),
     };
     if bound.len() >= MAX_TUNNELS_PER_SESSION {
         return refused(
@@ -479,6 +487,7 @@ fn bind(
         }
     };
     info!(%name, tunnel_id, "tunnel bound");
+    relay.queue.on_bind(relay, name.as_str(), delivery);
     let url = relay.public_url(name.as_str());
     bound.push(name.clone());
     set_tunnel_count(relay, id, bound.len() as u64);

@@ -10,17 +10,20 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::codec::{put_blob, put_opt_string, put_string, EncodeError, Frame, Invalid, Reader};
+use crate::delivery::QueueOp;
 use crate::limits::{MAX_STRING_LEN, MAX_TOKEN_LEN};
 use crate::secret::Secret;
 
 const TAG_HELLO: u8 = 0x01;
 const TAG_BIND: u8 = 0x02;
+const TAG_QUEUE: u8 = 0x03;
 const TAG_WELCOME: u8 = 0x81;
 const TAG_REFUSED: u8 = 0x82;
 const TAG_BOUND: u8 = 0x83;
 const TAG_BIND_REFUSED: u8 = 0x84;
 const TAG_GOAWAY: u8 = 0x85;
 const TAG_EXCHANGE_REFUSED: u8 = 0x86;
+const TAG_QUEUE_REPORT: u8 = 0x87;
 
 /// What kind of traffic a tunnel carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +168,9 @@ pub enum ClientMessage {
         /// Per-tunnel options (policy, delivery mode, …).
         options: Vec<TunnelOption>,
     },
+    /// A queue command (`porthole queue …`) on the names this token reserved; answered
+    /// by one [`ServerMessage::QueueReport`].
+    Queue(QueueOp),
 }
 
 /// Messages the relay sends on the control stream.
@@ -223,6 +229,13 @@ pub enum ServerMessage {
         /// The visitor's address as the relay saw it.
         visitor: Option<String>,
     },
+    /// The answer to a [`ClientMessage::Queue`]: a JSON document (`{"entries": […]}`,
+    /// `{"ok": …}` or `{"error": "…"}`), so the listing can grow fields without a new
+    /// frame format.
+    QueueReport {
+        /// The JSON text.
+        json: String,
+    },
 }
 
 impl Frame for ClientMessage {
@@ -256,6 +269,25 @@ impl Frame for ClientMessage {
                 for o in options {
                     dst.put_u16(o.tag);
                     put_blob(dst, &o.value, MAX_STRING_LEN, "tunnel option")?;
+                }
+                Ok(())
+            }
+            ClientMessage::Queue(op) => {
+                dst.put_u8(TAG_QUEUE);
+                match op {
+                    QueueOp::List { name, limit } => {
+                        dst.put_u8(0);
+                        put_opt_string(dst, name.as_deref(), "name")?;
+                        dst.put_u32(*limit);
+                    }
+                    QueueOp::Retry { id } => {
+                        dst.put_u8(1);
+                        dst.put_u64(*id);
+                    }
+                    QueueOp::Drop { id } => {
+                        dst.put_u8(2);
+                        dst.put_u64(*id);
+                    }
                 }
                 Ok(())
             }
@@ -298,6 +330,15 @@ impl Frame for ClientMessage {
                     options,
                 })
             }
+            TAG_QUEUE => Ok(ClientMessage::Queue(match r.u8("queue op")? {
+                0 => QueueOp::List {
+                    name: r.opt_string("name")?,
+                    limit: r.u32("limit")?,
+                },
+                1 => QueueOp::Retry { id: r.u64("id")? },
+                2 => QueueOp::Drop { id: r.u64("id")? },
+                _ => return Err(Invalid::BadValue("queue op")),
+            })),
             tag => Err(Invalid::UnknownTag(tag)),
         }
     }
@@ -355,6 +396,10 @@ impl Frame for ServerMessage {
                 put_string(dst, reason, "reason")?;
                 put_opt_string(dst, visitor.as_deref(), "visitor")
             }
+            ServerMessage::QueueReport { json } => {
+                dst.put_u8(TAG_QUEUE_REPORT);
+                put_string(dst, json, "queue report")
+            }
         }
     }
 
@@ -387,6 +432,9 @@ impl Frame for ServerMessage {
                 status: r.u16("status")?,
                 reason: r.string("reason")?,
                 visitor: r.opt_string("visitor")?,
+            }),
+            TAG_QUEUE_REPORT => Ok(ServerMessage::QueueReport {
+                json: r.string("queue report")?,
             }),
             tag => Err(Invalid::UnknownTag(tag)),
         }
@@ -533,6 +581,9 @@ mod tests {
                 reason: String::new(),
                 visitor: None,
             },
+            ServerMessage::QueueReport {
+                json: "{\"entries\":[]}".into(),
+            },
         ];
         for m in &msgs {
             round_trip(m);
@@ -549,6 +600,31 @@ mod tests {
                 message: "m".into(),
             });
         }
+    }
+
+    #[test]
+    fn queue_commands_golden_and_round_trip() {
+        check(
+            &ClientMessage::Queue(QueueOp::Retry { id: 5 }),
+            "0000000a03010000000000000005",
+        );
+        for op in [
+            QueueOp::List {
+                name: Some("hooks".into()),
+                limit: 100,
+            },
+            QueueOp::List {
+                name: None,
+                limit: 1,
+            },
+            QueueOp::Drop { id: u64::MAX },
+        ] {
+            round_trip(&ClientMessage::Queue(op));
+        }
+        assert!(matches!(
+            ClientMessage::decode(&[0, 0, 0, 2, TAG_QUEUE, 9]),
+            Err(DecodeError::Invalid(Invalid::BadValue("queue op")))
+        ));
     }
 
     #[test]

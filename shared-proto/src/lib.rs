@@ -11,6 +11,7 @@
 //!   [`ServerMessage`]) and the version rule.
 //! - [`data`]: the head frames that open a data stream ([`StreamHead`],
 //!   [`ResponseHead`]) and the frames of a framed body ([`BodyChunk`]).
+//! - [`delivery`]: the delivery option (queue / passthrough) and queue commands.
 //! - [`name`]: [`TunnelName`], a validated DNS label.
 //! - [`options`]: tags of per-tunnel bind options.
 //! - [`secret`]: [`Secret`], a string that never prints its value.
@@ -20,6 +21,7 @@
 pub mod codec;
 pub mod control;
 pub mod data;
+pub mod delivery;
 pub mod name;
 pub mod options;
 pub mod secret;

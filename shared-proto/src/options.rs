@@ -19,8 +19,11 @@ pub const EDGE_POLICY: u16 = 0x0001;
 /// whose bind carried it, so older clients never see a message they cannot decode.
 pub const REFUSAL_NOTICES: u16 = 0x0002;
 
+/// Delivery mode and offline behaviour ([`crate::delivery::Delivery`]); sent critical.
+pub const DELIVERY: u16 = 0x0010;
+
 /// Every tag this build knows, without the critical bit.
-const KNOWN: &[u16] = &[EDGE_POLICY, REFUSAL_NOTICES];
+const KNOWN: &[u16] = &[EDGE_POLICY, REFUSAL_NOTICES, DELIVERY];
 
 #[cfg(test)]
 mod tests {
@@ -30,6 +33,7 @@ mod tests {
     fn unknown_tags_are_unknown() {
         assert!(!is_known(0x7fff));
         assert!(!is_known(0xffff));
+        assert!(is_known(DELIVERY | crate::TunnelOption::CRITICAL));
     }
 
     #[test]

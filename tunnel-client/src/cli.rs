@@ -32,6 +32,8 @@ pub enum Command {
     /// Wait until a matching exchange reaches a running porthole (exit 0), or time out
     /// (exit 4): for CI jobs that assert a webhook arrived.
     Wait(crate::wait::WaitArgs),
+    /// List, retry or drop exchanges in the relay's durable queue for your names.
+    Queue(crate::queue_cmd::QueueArgs),
     /// Open the tunnels declared in porthole.toml (all, or the NAMEs given) in one
     /// session.
     Start(StartArgs),
@@ -218,6 +220,14 @@ pub struct HttpArgs {
     /// Signature verification and edge policy for this tunnel.
     #[command(flatten)]
     pub tunnel: TunnelFlags,
+    /// `queue`: the relay stores each request, answers 202 at once and delivers it in
+    /// order; `passthrough`: the sender waits for your app [relay default: passthrough].
+    #[arg(long)]
+    pub delivery: Option<shared_proto::delivery::DeliveryMode>,
+    /// While this client is offline, a reserved name's requests are stored (`queue`)
+    /// or answered 503 with Retry-After (`reject`) [relay default: queue].
+    #[arg(long)]
+    pub offline: Option<shared_proto::delivery::OfflineMode>,
     /// Accept any certificate from an https:// target (a self-signed local one).
     #[arg(long, conflicts_with = "target_ca")]
     pub target_insecure: bool,

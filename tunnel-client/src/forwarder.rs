@@ -151,6 +151,8 @@ pub struct Forwarder {
     by_name: Mutex<HashMap<String, Target>>,
     /// Name → rules, for re-signing replays.
     rules_by_name: Mutex<HashMap<String, Arc<TunnelRules>>>,
+    /// Queued exchanges already delivered (redeliveries are not sent to the target).
+    dedup: std::sync::OnceLock<Arc<crate::dedup::Dedup>>,
     /// Itself, for the `'static` futures of [`Replayer::replay`].
     weak: std::sync::Weak<Forwarder>,
 }
@@ -206,6 +208,7 @@ impl Forwarder {
             body_cap,
             by_name: Mutex::new(HashMap::new()),
             rules_by_name: Mutex::new(HashMap::new()),
+            dedup: std::sync::OnceLock::new(),
             weak: weak.clone(),
         }))
     }
@@ -357,6 +360,11 @@ impl Forwarder {
         self.sinks.record(&exchange);
     }
 
+    /// Deduplicates queued deliveries with `dedup` (set once).
+    pub fn set_dedup(&self, dedup: Arc<crate::dedup::Dedup>) {
+        let _ = self.dedup.set(dedup);
+    }
+
     /// Remembers which target a tunnel name forwards to (for replays).
     pub fn register(&self, name: &str, target: &Target) {
         self.by_name
@@ -414,9 +422,37 @@ impl Forwarder {
         tunnel: TunnelTarget,
         head: RequestHead,
         first: Bytes,
-        recv: RecvStream,
+        mut recv: RecvStream,
         mut send: GuardedSend,
     ) {
+        // A queued exchange carries its queue id; one already handed to the target is
+        // answered with the recorded status, so the app sees each webhook once.
+        let queue_key = head
+            .headers
+            .iter()
+            .find(|h| {
+                h.name
+                    .eq_ignore_ascii_case(relay_server::queue::QUEUE_ID_HEADER)
+            })
+            .map(|h| String::from_utf8_lossy(&h.value).into_owned());
+        let dedup = queue_key.as_ref().and(self.dedup.get()).cloned();
+        if let (Some(key), Some(dedup)) = (&queue_key, &dedup) {
+            if let Some(status) = dedup.seen(key) {
+                tracing::debug!(%key, status, "queued exchange delivered before: not sent again");
+                let _ = recv.stop(quinn::VarInt::from_u32(codes::RESET_CANCELLED));
+                let head = ResponseHead {
+                    status,
+                    headers: vec![Header::new("x-porthole-duplicate", b"1".to_vec())],
+                    framed: false,
+                };
+                if let Ok(h) = encode_head(&head) {
+                    if send.write(h).await.is_ok() {
+                        send.finish_delivered(DELIVERY_WAIT).await;
+                    }
+                }
+                return;
+            }
+        }
         let started = Instant::now();
         let started_at = SystemTime::now();
         let id = self.ids.next();
@@ -581,6 +617,11 @@ impl Forwarder {
                     _ => None,
                 };
                 let (parts, body) = resp.into_parts();
+                if let (Some(key), Some(dedup)) = (&queue_key, &dedup) {
+                    if parts.status.as_u16() < 500 {
+                        dedup.record(key, parts.status.as_u16());
+                    }
+                }
                 let mut headers = parts.headers;
                 let proto = headers.get(http::header::UPGRADE).cloned();
                 strip_hop_by_hop(&mut headers);

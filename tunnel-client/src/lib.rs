@@ -19,17 +19,21 @@
 //! - [`roam`]: SIGUSR1 moves the QUIC endpoint to a new UDP port (roaming aid).
 //! - [`wait`]: `porthole wait`, for CI.
 //! - [`exit`]: exit codes.
+//! - [`dedup`]: queued exchanges already delivered, so redeliveries reach the app once.
+//! - [`queue_cmd`]: `porthole queue list | retry | drop`.
 
 #![warn(missing_docs)]
 
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod dedup;
 pub mod exit;
 pub mod forwarder;
 pub mod inspector;
 pub mod local;
 pub mod output;
+pub mod queue_cmd;
 pub mod roam;
 pub mod session;
 pub mod signatures;
@@ -127,6 +131,8 @@ fn start_plan(args: &cli::StartArgs) -> anyhow::Result<(HttpArgs, Vec<config::Tu
         target_insecure: false,
         target_ca: None,
         target_h2: false,
+        delivery: None,
+        offline: None,
     };
     Ok((http, plans))
 }
@@ -158,7 +164,11 @@ async fn run_http_inner(
         tunnels.push(TunnelSpec {
             name: plan.name,
             target,
-            options: plan.options,
+            options: plan
+                .options
+                .into_iter()
+                .chain(delivery_options(&args))
+                .collect(),
             rules: plan.rules,
         });
     }
@@ -212,6 +222,16 @@ async fn run_http_inner(
         h2c: args.target_h2,
     };
     let forwarder = Forwarder::with_target_options(sinks, body_cap, first_id, &target_opts)?;
+    // Without a place to remember deliveries, queued webhooks still arrive, but a
+    // redelivery after a relay crash could reach the app twice: say so and go on.
+    match inspector::default_db_path()
+        .and_then(|p| dedup::Dedup::open(&p.with_file_name(dedup::FILE)))
+    {
+        Ok(d) => forwarder.set_dedup(Arc::new(d)),
+        Err(e) => tracing::warn!(
+            "cannot keep the delivered-webhook set ({e:#}): redeliveries of queued webhooks will not be deduplicated"
+        ),
+    }
     let inspect_url = match inspector {
         Some((inspector, listener, url)) => {
             let replayer: Arc<dyn capture::Replayer> = forwarder.clone();
@@ -240,6 +260,19 @@ async fn run_http_inner(
     let result = session::run(cfg, forwarder, output, shutdown).await;
     drop(local_relay);
     result
+}
+
+/// The delivery option of the bind, when a flag asks for one (without flags the
+/// relay's defaults apply and older relays keep working).
+fn delivery_options(args: &HttpArgs) -> Vec<shared_proto::TunnelOption> {
+    if args.delivery.is_none() && args.offline.is_none() {
+        return Vec::new();
+    }
+    let d = shared_proto::delivery::Delivery {
+        mode: args.delivery.unwrap_or_default(),
+        offline: args.offline.unwrap_or_default(),
+    };
+    vec![d.to_option()]
 }
 
 /// Opens the inspector's history and binds its listener, unless `--inspect off`.

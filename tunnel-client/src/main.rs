@@ -45,6 +45,10 @@ fn main() -> ExitCode {
                 let mut out = std::io::stdout();
                 report(tunnel_client::wait::run(&args, &mut out).await)
             }
+            Command::Queue(args) => {
+                let mut out = std::io::stdout();
+                report(tunnel_client::queue_cmd::run(&args, &mut out).await)
+            }
             Command::Replay(args) => {
                 let mut out = std::io::stdout();
                 report(
