@@ -138,6 +138,12 @@ pub struct Exchange {
 pub trait ExchangeSink: Send + Sync + 'static {
     /// Called once for every exchange, when it ends.
     fn record(&self, exchange: &Exchange);
+
+    /// Like [`ExchangeSink::record`], for a shared exchange: a sink that keeps the
+    /// exchange overrides this to hold the `Arc` instead of copying every header.
+    fn record_shared(&self, exchange: &Arc<Exchange>) {
+        self.record(exchange);
+    }
 }
 
 /// A request to replay, possibly edited, as the inspector sends it.
@@ -240,10 +246,11 @@ impl Sinks {
         self.0.is_empty()
     }
 
-    /// Hands `exchange` to every sink.
-    pub fn record(&self, exchange: &Exchange) {
+    /// Hands `exchange` to every sink (shared, not copied).
+    pub fn record(&self, exchange: Exchange) {
+        let exchange = Arc::new(exchange);
         for sink in &self.0 {
-            sink.record(exchange);
+            sink.record_shared(&exchange);
         }
     }
 }

@@ -308,7 +308,7 @@ impl Forwarder {
             outcome,
             signature,
         };
-        self.sinks.record(&exchange);
+        self.sinks.record(exchange);
         id
     }
 
@@ -357,7 +357,7 @@ impl Forwarder {
             outcome: Outcome::RefusedAtEdge(refused.reason),
             signature: None,
         };
-        self.sinks.record(&exchange);
+        self.sinks.record(exchange);
     }
 
     /// Deduplicates queued deliveries with `dedup` (set once).
@@ -557,7 +557,7 @@ impl Forwarder {
                         BodyTap::new(0),
                     )
                     .finish();
-                    self.sinks.record(&Exchange {
+                    self.sinks.record(Exchange {
                         id,
                         replay_of: None,
                         tunnel: tunnel.name,
@@ -778,7 +778,7 @@ impl Forwarder {
             outcome,
             signature,
         };
-        self.sinks.record(&exchange);
+        self.sinks.record(exchange);
     }
 
     async fn send_to_target(

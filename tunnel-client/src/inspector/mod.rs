@@ -183,7 +183,7 @@ impl ExchangeSummary {
 
 /// Work for the writer thread, in arrival order.
 enum Command {
-    Record(Box<Exchange>),
+    Record(Arc<Exchange>),
     Clear(oneshot::Sender<anyhow::Result<u64>>),
     Flush(oneshot::Sender<()>),
 }
@@ -387,11 +387,12 @@ impl Inspector {
 
 impl ExchangeSink for Inspector {
     fn record(&self, exchange: &Exchange) {
+        self.record_shared(&Arc::new(exchange.clone()));
+    }
+
+    fn record_shared(&self, exchange: &Arc<Exchange>) {
         self.max_id.fetch_max(exchange.id.0, Ordering::Relaxed);
-        match self
-            .commands
-            .try_send(Command::Record(Box::new(exchange.clone())))
-        {
+        match self.commands.try_send(Command::Record(exchange.clone())) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.note_drop(),
         }
@@ -414,10 +415,10 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        let mut pending: Vec<Exchange> = Vec::new();
+        let mut pending: Vec<Arc<Exchange>> = Vec::new();
         for cmd in batch {
             match cmd {
-                Command::Record(ex) => pending.push(*ex),
+                Command::Record(ex) => pending.push(ex),
                 Command::Flush(done) => {
                     write_batch(&mut store, &limits, &mut pending, &events);
                     let _ = done.send(());
@@ -435,13 +436,13 @@ fn run_writer(
 fn write_batch(
     store: &mut store::Store,
     limits: &store::Limits,
-    pending: &mut Vec<Exchange>,
+    pending: &mut Vec<Arc<Exchange>>,
     events: &broadcast::Sender<Arc<ExchangeSummary>>,
 ) {
     if pending.is_empty() {
         return;
     }
-    if let Err(err) = store.insert_all(pending.iter()) {
+    if let Err(err) = store.insert_all(pending.iter().map(|e| &**e)) {
         tracing::warn!(error = format!("{err:#}"), "storing exchanges failed");
         pending.clear();
         return;
