@@ -47,6 +47,11 @@ struct Args {
     /// Measure only the direct baseline (validates the harness without Porthole).
     #[arg(long)]
     direct_only: bool,
+    /// Also measure queue-mode throughput (durable store, fsync on). It runs after
+    /// everything else: its backlog drains through the tunnel afterwards and would
+    /// disturb any measurement taken meanwhile.
+    #[arg(long)]
+    queue: bool,
     /// Do not run `cargo build --release` for porthole and porthole-relay first.
     #[arg(long)]
     no_build: bool,
@@ -311,9 +316,11 @@ async fn run(args: Args) -> Result<()> {
             info.http, info.tunnel, p.host
         ));
         paths.push(p);
-        match paths::porthole_queue(&bins, &info, target_addr).await {
-            Ok(q) => queue_path = Some(q),
-            Err(e) => report.notes.push(format!("queue mode not measured: {e:#}")),
+        if args.queue {
+            match paths::porthole_queue(&bins, &info, target_addr).await {
+                Ok(q) => queue_path = Some(q),
+                Err(e) => report.notes.push(format!("queue mode not measured: {e:#}")),
+            }
         }
         porthole_ctx = Some((bins, info));
     }
@@ -358,10 +365,6 @@ async fn run(args: Args) -> Result<()> {
         log(format!("warm-up {}", p.name));
         wrk_run(&wrk_bin, &script, p, cfg.connections, cfg.warmup_secs).await?;
     }
-    if let Some(q) = &queue_path {
-        log("warm-up porthole-queue");
-        wrk_run(&wrk_bin, &script, q, cfg.connections, cfg.warmup_secs).await?;
-    }
 
     // Interleaved rounds.
     let n = paths.len();
@@ -382,30 +385,6 @@ async fn run(args: Args) -> Result<()> {
             let p = &mut paths[i];
             throughput(&wrk_bin, &script, p, target_proc.pid, &cfg, &mut figs[i]).await?;
             p.check_alive()?;
-            if p.name == "porthole" {
-                if let Some(q) = queue_path.as_mut() {
-                    let r =
-                        wrk_run(&wrk_bin, &script, q, cfg.connections, cfg.throughput_secs).await?;
-                    q.check_alive()?;
-                    let rps = r.rps();
-                    report.queue_thr_rps.push(rps);
-                    if let Some(pass) = figs[i].thr_rps {
-                        report.queue_vs_passthrough.push(rps / pass.max(1.0));
-                    }
-                    if r.socket_errors + r.bad_status > 0 {
-                        report.notes.push(format!(
-                            "round {}: queue mode saw {} socket errors / bad statuses",
-                            round + 1,
-                            r.socket_errors + r.bad_status
-                        ));
-                    }
-                }
-            }
-        }
-        if let (Some(direct), Some(q)) = (figs[0].thr_rps, report.queue_thr_rps.last()) {
-            if report.queue_thr_rps.len() == round + 1 {
-                report.queue_vs_direct.push(q / direct.max(1.0));
-            }
         }
         for &i in &order {
             let p = &mut paths[i];
@@ -448,6 +427,38 @@ async fn run(args: Args) -> Result<()> {
         if cfg.ttu_samples > 0 {
             log(format!("time to URL ({} samples)", cfg.ttu_samples));
             report.time_to_url = Some(time_to_url(bins, info, target_addr, cfg.ttu_samples).await?);
+        }
+    }
+
+    // Queue mode last: see `Args::queue`.
+    if let Some(q) = queue_path.as_mut() {
+        log("queue mode");
+        wrk_run(&wrk_bin, &script, q, cfg.connections, cfg.warmup_secs).await?;
+        let med = |name: &str| {
+            let i = paths.iter().position(|p| p.name == name)?;
+            let mut v: Vec<f64> = reports[i].rounds.iter().filter_map(|r| r.thr_rps).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v.get(v.len() / 2).copied()
+        };
+        let (direct, pass) = (med("direct"), med("porthole"));
+        for round in 0..cfg.rounds {
+            let r = wrk_run(&wrk_bin, &script, q, cfg.connections, cfg.throughput_secs).await?;
+            q.check_alive()?;
+            let rps = r.rps();
+            report.queue_thr_rps.push(rps);
+            if let Some(pass) = pass {
+                report.queue_vs_passthrough.push(rps / pass.max(1.0));
+            }
+            if let Some(direct) = direct {
+                report.queue_vs_direct.push(rps / direct.max(1.0));
+            }
+            if r.socket_errors + r.bad_status > 0 {
+                report.notes.push(format!(
+                    "queue run {}: {} socket errors / bad statuses",
+                    round + 1,
+                    r.socket_errors + r.bad_status
+                ));
+            }
         }
     }
 

@@ -237,6 +237,9 @@ impl PortholeBins {
             .arg("--inspect")
             .arg(inspect.unwrap_or("off"))
             .arg("--json")
+            // History and the delivered set in the bench's own scratch dir, never the
+            // user's (a big delivered set would skew start-up time and memory).
+            .env("PORTHOLE_DATA_DIR", &self.work)
             .env("RUST_LOG", "warn");
         if self.client_has_quiet {
             cmd.arg("--quiet");

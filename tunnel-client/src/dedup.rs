@@ -15,8 +15,10 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 
-/// Keys remembered.
-pub const CAPACITY: usize = 100_000;
+/// Keys remembered. A duplicate can only come from the short window between the
+/// target answering and the relay recording the delivery, so the newest ten thousand
+/// cover any redelivery by far, for ~1 MiB of memory.
+pub const CAPACITY: usize = 10_000;
 
 /// The file name in the data dir.
 pub const FILE: &str = "delivered.log";

@@ -222,15 +222,19 @@ async fn run_http_inner(
         h2c: args.target_h2,
     };
     let forwarder = Forwarder::with_target_options(sinks, body_cap, first_id, &target_opts)?;
-    // Without a place to remember deliveries, queued webhooks still arrive, but a
-    // redelivery after a relay crash could reach the app twice: say so and go on.
-    match inspector::default_db_path()
-        .and_then(|p| dedup::Dedup::open(&p.with_file_name(dedup::FILE)))
-    {
-        Ok(d) => forwarder.set_dedup(Arc::new(d)),
-        Err(e) => tracing::warn!(
-            "cannot keep the delivered-webhook set ({e:#}): redeliveries of queued webhooks will not be deduplicated"
-        ),
+    // Only reserved names (`--name`) can have webhooks queued for them, so only they
+    // need the delivered set (and its memory). Without a place to remember
+    // deliveries, queued webhooks still arrive, but a redelivery after a relay crash
+    // could reach the app twice: say so and go on.
+    if tunnels.iter().any(|t| t.name.is_some()) {
+        match inspector::default_db_path()
+            .and_then(|p| dedup::Dedup::open(&p.with_file_name(dedup::FILE)))
+        {
+            Ok(d) => forwarder.set_dedup(Arc::new(d)),
+            Err(e) => tracing::warn!(
+                "cannot keep the delivered-webhook set ({e:#}): redeliveries of queued webhooks will not be deduplicated"
+            ),
+        }
     }
     let inspect_url = match inspector {
         Some((inspector, listener, url)) => {
