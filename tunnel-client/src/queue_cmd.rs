@@ -126,21 +126,7 @@ async fn ask(relay: &str, token: Secret, trust: &Trust, op: QueueOp) -> anyhow::
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
         .unwrap_or(relay)
         .to_owned();
-    let bind: SocketAddr = if addr.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()
-    .expect("literal address");
-    let sock = relay_server::quic::udp_socket(bind).context("opening UDP socket")?;
-    let ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        sock,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("starting QUIC endpoint")?;
+    let (ep, _) = crate::session::client_endpoint(addr)?;
     let conn = ep
         .connect_with(client_cfg, addr, &host)
         .map_err(|e| anyhow!("cannot connect to {relay}: {e}"))?

@@ -135,21 +135,7 @@ pub async fn run(
         let ep = match &endpoint {
             Some(ep) => ep.clone(),
             None => {
-                let bind: SocketAddr = if addr.is_ipv6() {
-                    "[::]:0"
-                } else {
-                    "0.0.0.0:0"
-                }
-                .parse()
-                .expect("literal address");
-                let sock = relay_server::quic::udp_socket(bind).context("opening UDP socket")?;
-                let ep = quinn::Endpoint::new(
-                    quinn::EndpointConfig::default(),
-                    None,
-                    sock,
-                    Arc::new(quinn::TokioRuntime),
-                )
-                .context("starting QUIC endpoint")?;
+                let (ep, bind) = client_endpoint(addr)?;
                 crate::roam::spawn_rebind_on_sigusr1(ep.clone(), bind);
                 endpoint = Some(ep.clone());
                 ep
@@ -226,6 +212,27 @@ pub async fn run(
     }
     drop(old_conns);
     result
+}
+
+/// A client QUIC endpoint on an ephemeral port of the relay's address family;
+/// answers it and the address it was bound to.
+pub(crate) fn client_endpoint(relay: SocketAddr) -> anyhow::Result<(quinn::Endpoint, SocketAddr)> {
+    let bind: SocketAddr = if relay.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal address");
+    let sock = relay_server::quic::udp_socket(bind).context("opening UDP socket")?;
+    let ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        sock,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("starting QUIC endpoint")?;
+    Ok((ep, bind))
 }
 
 /// Sleeps for the next backoff (or gives up). Answers `Some(result)` to stop.
