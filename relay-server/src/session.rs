@@ -428,15 +428,7 @@ fn bind(
                 Ok(n) => n,
                 Err(e) => return refused(ErrorCode::NameInvalid, format!("{n:?}: {e}")),
             };
-            let reservation = if reserve {
-                relay.tokens.reserve(&name, token)
-            } else {
-                relay.tokens.reserved_by(&name).map(|holder| match holder {
-                    Some(h) if &h != token => Reservation::HeldBy(h),
-                    _ => Reservation::Granted,
-                })
-            };
-            match reservation {
+            match relay.tokens.claim(&name, token, reserve) {
                 Ok(Reservation::Granted) => {}
                 Ok(Reservation::HeldBy(_)) => {
                     return refused(
@@ -525,15 +517,7 @@ fn bind_tcp(
         let Ok(name) = TunnelName::parse(&crate::tcp::port_name(port)) else {
             return refused(ErrorCode::NameInvalid, format!("bad port {port}"));
         };
-        let reservation = if reserve {
-            relay.tokens.reserve(&name, token)
-        } else {
-            relay.tokens.reserved_by(&name).map(|holder| match holder {
-                Some(h) if &h != token => Reservation::HeldBy(h),
-                _ => Reservation::Granted,
-            })
-        };
-        match reservation {
+        match relay.tokens.claim(&name, token, reserve) {
             Ok(Reservation::Granted) => {}
             Ok(Reservation::HeldBy(_)) => {
                 return refused(

@@ -314,6 +314,24 @@ impl TokenStore {
         }
     }
 
+    /// Whether `token` may bind `tunnel`: reserving it first when `reserve` is set (a
+    /// `--name`), else only checking that no other token reserved it (a client taking
+    /// back its random name after a reconnect).
+    pub fn claim(
+        &self,
+        tunnel: &TunnelName,
+        token: &TokenName,
+        reserve: bool,
+    ) -> Result<Reservation, TokenError> {
+        if reserve {
+            return self.reserve(tunnel, token);
+        }
+        Ok(match self.reserved_by(tunnel)? {
+            Some(holder) if &holder != token => Reservation::HeldBy(holder),
+            _ => Reservation::Granted,
+        })
+    }
+
     /// The token that reserved `tunnel`, if any.
     pub fn reserved_by(&self, tunnel: &TunnelName) -> Result<Option<TokenName>, TokenError> {
         let conn = self.lock();
