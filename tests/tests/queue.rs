@@ -808,3 +808,92 @@ async fn a_full_disk_answers_507_and_the_queue_stays_readable() {
     drop(relay);
     drop(disk);
 }
+
+/// One call on the inspector API of a running daemon: status and JSON body.
+async fn inspector_api(inspect: &str, method: &str, path: &str) -> (u16, serde_json::Value) {
+    let addr = inspect.trim_start_matches("http://").parse().unwrap();
+    let a = request(addr, "127.0.0.1", method, path, &[], Bytes::new())
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&a.body)
+        .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {:?}", a.body));
+    (a.status, v)
+}
+
+#[tokio::test]
+async fn the_inspector_shows_dead_letters_and_drops_them() {
+    let relay = Relay::start(&["--queue-retry-base", "50ms", "--queue-max-attempts", "2"])
+        .await
+        .unwrap();
+    let token = relay.token("dev").unwrap();
+    let target = Flaky::start().await;
+    target.fail.store(500, Ordering::SeqCst);
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &[
+            "--name",
+            "doomed",
+            "--delivery",
+            "queue",
+            "--inspect",
+            "127.0.0.1:0",
+        ],
+        &env,
+    )
+    .await
+    .unwrap();
+    let inspect = client.ready["inspect"].as_str().unwrap().to_owned();
+    let a = request(
+        relay.http,
+        &client.host(),
+        "POST",
+        "/hook",
+        &[],
+        Bytes::from_static(b"{\"n\":1}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 202);
+
+    // The Queue view's API: the entry ends dead after two attempts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let entry = loop {
+        let (status, v) = inspector_api(&inspect, "GET", "/api/queue").await;
+        assert_eq!(status, 200, "{v}");
+        let entries = v["entries"].as_array().unwrap().clone();
+        assert!(entries.len() <= 1, "{v}");
+        if let Some(e) = entries.first().filter(|e| e["state"] == "dead") {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "never dead: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(entry["name"], "doomed", "{entry}");
+    assert_eq!(entry["method"], "POST", "{entry}");
+    assert_eq!(entry["uri"], "/hook", "{entry}");
+    assert_eq!(entry["attempts"], 2, "{entry}");
+    assert_eq!(entry["last_status"], 500, "{entry}");
+    let id = entry["id"].as_u64().unwrap();
+
+    // An id of no name of this token is the relay's refusal, passed on as 502.
+    let (status, v) =
+        inspector_api(&inspect, "POST", &format!("/api/queue/{}/drop", id + 1000)).await;
+    assert_eq!(status, 502, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no queued exchange"),
+        "{v}"
+    );
+
+    let (status, v) = inspector_api(&inspect, "POST", &format!("/api/queue/{id}/drop")).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["ok"].as_str().unwrap().contains("dropped"), "{v}");
+    let (status, v) = inspector_api(&inspect, "GET", "/api/queue").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["entries"], serde_json::json!([]), "{v}");
+    assert!(admin_list(&relay, &[]).is_empty());
+}

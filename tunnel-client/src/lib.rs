@@ -238,6 +238,13 @@ async fn run_http_inner(
     }
     let inspect_url = match inspector {
         Some((inspector, listener, url)) => {
+            // The Queue view runs `porthole queue` commands with this daemon's relay
+            // settings (the local relay has a queue too).
+            inspector.set_queue(Arc::new(queue_cmd::RelayQueue {
+                relay: relay.clone(),
+                token: token.clone(),
+                trust: trust.clone(),
+            }));
             let replayer: Arc<dyn capture::Replayer> = forwarder.clone();
             let stop = shutdown.clone();
             tokio::spawn(async move {

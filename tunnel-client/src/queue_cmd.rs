@@ -85,9 +85,7 @@ pub async fn run(args: &QueueArgs, out: &mut impl std::io::Write) -> anyhow::Res
         QueueCommand::Retry { id } => QueueOp::Retry { id: *id },
         QueueCommand::Drop { id } => QueueOp::Drop { id: *id },
     };
-    let json = tokio::time::timeout(Duration::from_secs(15), ask(&relay, token, &trust, op))
-        .await
-        .map_err(|_| anyhow!("no answer from relay {relay} within 15s"))??;
+    let json = command(&relay, token, &trust, op).await?;
     let v: serde_json::Value =
         serde_json::from_str(&json).context("the relay's queue answer is not JSON")?;
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
@@ -107,6 +105,41 @@ pub async fn run(args: &QueueArgs, out: &mut impl std::io::Write) -> anyhow::Res
     };
     relay_server::queue::print_entries(&entries, out)?;
     Ok(())
+}
+
+/// Runs one queue command on `relay` (bounded to 15 s) and answers the relay's JSON
+/// report as it is: `{"entries": [...]}`, `{"ok": "..."}` or `{"error": "..."}`.
+pub async fn command(
+    relay: &str,
+    token: Secret,
+    trust: &Trust,
+    op: QueueOp,
+) -> anyhow::Result<String> {
+    tokio::time::timeout(Duration::from_secs(15), ask(relay, token, trust, op))
+        .await
+        .map_err(|_| anyhow!("no answer from relay {relay} within 15s"))?
+}
+
+/// The daemon's access to its relay's queue, for the inspector: each command opens a
+/// short session of its own with the daemon's relay address, token and trust.
+pub struct RelayQueue {
+    /// The relay's tunnel address, HOST:PORT.
+    pub relay: String,
+    /// Client token.
+    pub token: Secret,
+    /// How the relay's certificate is trusted.
+    pub trust: Trust,
+}
+
+impl crate::inspector::QueueAccess for RelayQueue {
+    fn command(&self, op: QueueOp) -> crate::capture::BoxFuture<'static, Result<String, String>> {
+        let (relay, token, trust) = (self.relay.clone(), self.token.clone(), self.trust.clone());
+        Box::pin(async move {
+            command(&relay, token, &trust, op)
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
 }
 
 async fn ask(relay: &str, token: Secret, trust: &Trust, op: QueueOp) -> anyhow::Result<String> {

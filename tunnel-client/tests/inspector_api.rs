@@ -931,3 +931,85 @@ async fn serves_over_a_socket_with_live_events_and_cli() {
         "{dead:#}"
     );
 }
+
+/// A relay queue stand-in: records the commands, answers `answer`.
+struct FakeQueue {
+    ops: std::sync::Mutex<Vec<inspector::QueueOp>>,
+    answer: Result<String, String>,
+}
+
+impl inspector::QueueAccess for FakeQueue {
+    fn command(
+        &self,
+        op: inspector::QueueOp,
+    ) -> tunnel_client::capture::BoxFuture<'static, Result<String, String>> {
+        self.ops.lock().unwrap().push(op);
+        let answer = self.answer.clone();
+        Box::pin(async move { answer })
+    }
+}
+
+#[tokio::test]
+async fn queue_api_answers_404_without_access_and_relays_commands_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let insp = open(&dir);
+    let app = inspector::router(insp.clone(), Arc::new(NoReplayer));
+    for (method, uri) in [
+        ("GET", "/api/queue"),
+        ("POST", "/api/queue/7/retry"),
+        ("POST", "/api/queue/7/drop"),
+    ] {
+        let a = call(&app, method, uri, None).await;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{uri}");
+        assert!(
+            a.json()["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("the queue is not available: "),
+            "{:?}",
+            a.body
+        );
+    }
+
+    let fake = Arc::new(FakeQueue {
+        ops: Default::default(),
+        answer: Ok(r#"{"entries":[{"id":7,"name":"hooks","state":"dead"}]}"#.into()),
+    });
+    insp.set_queue(fake.clone());
+    let a = call(&app, "GET", "/api/queue?limit=5", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["entries"][0]["state"], "dead");
+    let a = call(&app, "POST", "/api/queue/7/drop", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = call(&app, "POST", "/api/queue/x/drop", None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        *fake.ops.lock().unwrap(),
+        [
+            inspector::QueueOp::List {
+                name: None,
+                limit: 5
+            },
+            inspector::QueueOp::Drop { id: 7 }
+        ]
+    );
+
+    // The relay's refusals and failures to reach it are 502 with its message.
+    insp.set_queue(Arc::new(FakeQueue {
+        ops: Default::default(),
+        answer: Ok(r#"{"error":"no queued exchange 9 for the names of this token"}"#.into()),
+    }));
+    let a = call(&app, "POST", "/api/queue/9/retry", None).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert!(a.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("no queued exchange 9"));
+    insp.set_queue(Arc::new(FakeQueue {
+        ops: Default::default(),
+        answer: Err("connecting to relay r:1: refused".into()),
+    }));
+    let a = call(&app, "GET", "/api/queue", None).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert!(a.json()["error"].as_str().unwrap().contains("refused"));
+}

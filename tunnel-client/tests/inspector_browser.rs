@@ -13,11 +13,33 @@ use std::time::Duration;
 
 use support::webdriver::{find_browser, Driver};
 use support::{exchange, whole, RecordingTarget, TestReplayer};
-use tunnel_client::capture::{ExchangeSink, IdSource, Outcome};
-use tunnel_client::inspector::{Inspector, InspectorConfig};
+use tunnel_client::capture::{BoxFuture, ExchangeSink, IdSource, Outcome};
+use tunnel_client::inspector::{Inspector, InspectorConfig, QueueAccess, QueueOp};
 use tunnel_client::signatures::SignatureCheck;
 
 const WAIT: Duration = Duration::from_secs(15);
+
+/// A relay queue stand-in: one dead entry; records the commands.
+#[derive(Default)]
+struct FakeQueue {
+    ops: std::sync::Mutex<Vec<QueueOp>>,
+}
+
+impl QueueAccess for FakeQueue {
+    fn command(&self, op: QueueOp) -> BoxFuture<'static, Result<String, String>> {
+        let answer = match &op {
+            QueueOp::List { .. } => serde_json::json!({"entries": [{
+                "id": 12, "name": "pay-hooks", "state": "dead", "method": "POST",
+                "uri": "/stripe/webhook", "body_bytes": 120, "received_at": 1_764_000_000_000_i64,
+                "attempts": 8, "next_attempt_at": 0, "last_status": 500,
+                "last_error": "target answered 500"
+            }]}),
+            _ => serde_json::json!({"ok": "dropped 12 (pay-hooks)"}),
+        };
+        self.ops.lock().unwrap().push(op);
+        Box::pin(async move { Ok(answer.to_string()) })
+    }
+}
 
 /// A few varied exchanges so the list looks like a real session.
 fn background(insp: &Inspector) {
@@ -257,6 +279,51 @@ async fn ui_shows_live_exchanges_and_replays() {
         .await
         .unwrap();
     session.execute("document.activeElement.blur(); document.querySelector('#toast').hidden = true; return true;", serde_json::json!([])).await.unwrap();
+
+    // The Queue view: the relay's entries with their state; Drop runs on the relay.
+    let queue = Arc::new(FakeQueue::default());
+    insp.set_queue(queue.clone());
+    let open_queue = session.find("#queue-open").await.unwrap().unwrap();
+    session.click(&open_queue).await.unwrap();
+    let dead = session
+        .wait_for("#queue-rows td.qs-dead", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(session.text(&dead).await.unwrap(), "dead");
+    session
+        .execute(
+            "window.confirm = () => true; return true;",
+            serde_json::json!([]),
+        )
+        .await
+        .unwrap();
+    let drop_btn = session
+        .find("#queue-rows tr:first-child button:last-child")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.text(&drop_btn).await.unwrap(), "Drop");
+    session.click(&drop_btn).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !queue
+        .ops
+        .lock()
+        .unwrap()
+        .contains(&QueueOp::Drop { id: 12 })
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drop reached the relay"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    session
+        .execute(
+            "document.querySelector('#queue').close(); document.querySelector('#toast').hidden = true; return true;",
+            serde_json::json!([]),
+        )
+        .await
+        .unwrap();
 
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/artifacts/inspector.png");
     session.screenshot(&shot).await.unwrap();

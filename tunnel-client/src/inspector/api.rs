@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::{broadcast, watch};
 
-use super::{har, time, ExchangeSummary, Filter, Inspector, StatusFilter};
+use super::{har, time, ExchangeSummary, Filter, Inspector, QueueOp, StatusFilter};
 use crate::capture::{CapturedBody, Exchange, ExchangeId, ReplayRequest, Replayer};
 
 /// The header that marks a replayed request, carrying the original exchange id.
@@ -33,6 +33,8 @@ pub const REPLAY_HEADER: &str = "porthole-replay";
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long after the replayer answers we wait for the new exchange to be stored.
 const STORE_WAIT: Duration = Duration::from_secs(5);
+/// How long a relay queue command may take before the API gives up on it.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_LIMIT: usize = 100;
 const DEFAULT_HAR_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
@@ -95,6 +97,9 @@ fn build(state: AppState) -> Router {
         .route("/api/requests/{id}/replay", axum::routing::post(replay))
         .route("/api/har", get(har_list))
         .route("/api/events", get(events))
+        .route("/api/queue", get(queue_list))
+        .route("/api/queue/{id}/retry", axum::routing::post(queue_retry))
+        .route("/api/queue/{id}/drop", axum::routing::post(queue_drop))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -138,6 +143,70 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+// ---- the relay's durable queue ----
+
+#[derive(Debug, Deserialize)]
+struct QueueParams {
+    name: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Runs `op` on the relay: 404 without queue access, 502 when the relay cannot be
+/// asked or answers an error; else its JSON report as it is.
+async fn queue_op(st: &AppState, op: QueueOp) -> ApiResult<Json<Value>> {
+    let access = st.inspector.queue().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the queue is not available: this daemon has no relay queue access",
+        )
+    })?;
+    let json = tokio::time::timeout(QUEUE_TIMEOUT, access.command(op))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::BAD_GATEWAY, "the relay did not answer in time"))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e))?;
+    let v: Value = serde_json::from_str(&json).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "the relay's queue answer is not JSON",
+        )
+    })?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        return Err(ApiError::new(StatusCode::BAD_GATEWAY, e));
+    }
+    Ok(Json(v))
+}
+
+async fn queue_list(
+    State(st): State<AppState>,
+    q: Result<Query<QueueParams>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let p = query(q)?;
+    let op = QueueOp::List {
+        name: p.name.filter(|n| !n.trim().is_empty()),
+        limit: p.limit.unwrap_or(100),
+    };
+    let mut v = queue_op(&st, op).await?;
+    if v.get("entries").is_none() {
+        v.0["entries"] = json!([]);
+    }
+    Ok(v)
+}
+
+fn parse_queue_id(raw: &str) -> ApiResult<u64> {
+    raw.parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("invalid queue id {raw:?}")))
+}
+
+async fn queue_retry(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_queue_id(&id)?;
+    queue_op(&st, QueueOp::Retry { id }).await
+}
+
+async fn queue_drop(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_queue_id(&id)?;
+    queue_op(&st, QueueOp::Drop { id }).await
+}
 
 // ---- access guard ----
 

@@ -11,7 +11,8 @@
 //!
 //! - this file: [`InspectorConfig`], [`Inspector`] (sink, writer thread, reads).
 //! - `store`: the SQLite schema, writes, eviction and queries (blocking code only).
-//! - `api`: the axum router: JSON API, SSE, replay, auth and the embedded UI.
+//! - `api`: the axum router: JSON API, SSE, replay, the relay queue view (through
+//!   [`QueueAccess`]), auth and the embedded UI.
 //! - `har`: HAR 1.2 export.
 //! - [`cli`]: `porthole requests` and `porthole replay`, clients of a running inspector.
 //!
@@ -41,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use shared_proto::Secret;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::capture::{Exchange, ExchangeId, ExchangeSink, Replayer};
+use crate::capture::{BoxFuture, Exchange, ExchangeId, ExchangeSink, Replayer};
+pub use shared_proto::delivery::QueueOp;
 
 pub use api::router;
 pub use store::{Filter, StatusFilter};
@@ -201,6 +203,16 @@ pub struct Inspector {
     /// and clears.
     max_id: Arc<AtomicU64>,
     dropped: AtomicU64,
+    /// The relay's durable queue, when the daemon has one (see [`Inspector::set_queue`]).
+    queue: Mutex<Option<Arc<dyn QueueAccess>>>,
+}
+
+/// Runs `porthole queue` commands on the daemon's relay for the inspector's Queue
+/// view; implemented by [`crate::queue_cmd::RelayQueue`].
+pub trait QueueAccess: Send + Sync + 'static {
+    /// Runs `op` and answers the relay's JSON report as it is (`{"entries": [...]}`,
+    /// `{"ok": "..."}` or `{"error": "..."}`), or why the relay could not be asked.
+    fn command(&self, op: QueueOp) -> BoxFuture<'static, Result<String, String>>;
 }
 
 impl std::fmt::Debug for Inspector {
@@ -248,7 +260,18 @@ impl Inspector {
             events,
             max_id,
             dropped: AtomicU64::new(0),
+            queue: Mutex::new(None),
         }))
+    }
+
+    /// Gives the API (`/api/queue`) access to the relay's durable queue.
+    pub fn set_queue(&self, queue: Arc<dyn QueueAccess>) {
+        *self.queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue);
+    }
+
+    /// The relay queue access, if the daemon gave one.
+    pub(crate) fn queue(&self) -> Option<Arc<dyn QueueAccess>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The configuration it was opened with.

@@ -453,6 +453,54 @@ function connect() {
   };
 }
 
+// ---------- relay queue ----------
+const queueView = { timer: null };
+async function refreshQueue() {
+  const rows = $("#queue-rows"), note = $("#queue-note");
+  try {
+    const data = await api("/api/queue?limit=100");
+    const entries = (data && data.entries) || [];
+    rows.replaceChildren(...entries.map(queueRow));
+    note.textContent = entries.length ? `${entries.length} entries, newest first · refreshes every 3s` : "The queue is empty.";
+    note.className = "dim";
+  } catch (e) {
+    rows.replaceChildren();
+    note.textContent = e.message;
+    note.className = "error";
+  }
+}
+function queueRow(q) {
+  const tr = el("tr");
+  const last = q.last_error || (q.last_status ? String(q.last_status) : "");
+  const cells = [
+    el("td", "dim", q.id), el("td", "", q.name), el("td", "", q.method),
+    el("td", "path", q.uri), el("td", `qs-${q.state}`, q.state), el("td", "num", q.attempts),
+    el("td", "", last), el("td", "dim", q.received_at ? fmtTime(new Date(q.received_at).toISOString()) : ""),
+  ];
+  const act = el("td");
+  const button = (label, op) => {
+    const b = el("button", "btn ghost", label);
+    b.type = "button";
+    b.addEventListener("click", async () => {
+      if (op === "drop" && !confirm(`Drop queued exchange ${q.id}?`)) return;
+      b.disabled = true;
+      try { const r = await api(`/api/queue/${q.id}/${op}`, { method: "POST" }); toast((r && r.ok) || "done"); }
+      catch (e) { toast(e.message); }
+      refreshQueue();
+    });
+    act.append(b);
+  };
+  if (q.state === "dead" || q.state === "queued") { button("Retry", "retry"); button("Drop", "drop"); }
+  tr.append(...cells, act);
+  return tr;
+}
+function openQueue() {
+  $("#queue").showModal();
+  refreshQueue();
+  clearInterval(queueView.timer);
+  queueView.timer = setInterval(refreshQueue, 3000);
+}
+
 // ---------- wiring ----------
 function init() {
   let t;
@@ -462,6 +510,9 @@ function init() {
   $("#filters").addEventListener("submit", (e) => { e.preventDefault(); reload(); });
   $("#more").addEventListener("click", loadOlder);
   $("#edit-cancel").addEventListener("click", () => $("#editor").close());
+  $("#queue-open").addEventListener("click", openQueue);
+  $("#queue-close").addEventListener("click", () => $("#queue").close());
+  $("#queue").addEventListener("close", () => { clearInterval(queueView.timer); queueView.timer = null; });
   $("#clear").addEventListener("click", async () => {
     if (!confirm("Delete the whole request history?")) return;
     await api("/api/requests", { method: "DELETE" });
@@ -472,7 +523,7 @@ function init() {
   document.addEventListener("keydown", (e) => {
     const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName);
     if (e.key === "Escape" && typing) { e.target.blur(); return; }
-    if (typing || e.metaKey || e.ctrlKey || e.altKey || $("#editor").open) return;
+    if (typing || e.metaKey || e.ctrlKey || e.altKey || $("#editor").open || $("#queue").open) return;
     const id = state.selected;
     if (e.key === "j" || e.key === "ArrowDown") { move(1); e.preventDefault(); }
     else if (e.key === "k" || e.key === "ArrowUp") { move(-1); e.preventDefault(); }
