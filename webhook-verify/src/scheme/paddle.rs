@@ -4,12 +4,21 @@
 
 use std::time::Duration;
 
-use super::{header, malformed, set, unix_seconds};
-use crate::crypto::{ct_eq, hex_decode_exact, hmac_sha256};
-use crate::verdict::{check_window, Future};
+use super::{set, TimestampedHex};
+use crate::crypto::hmac_sha256;
+use crate::verdict::Future;
 use crate::{SignedRequest, Verdict};
 
 const SIGNATURE: &str = "Paddle-Signature";
+
+const LAYOUT: TimestampedHex = TimestampedHex {
+    header: SIGNATURE,
+    separator: ';',
+    ts_key: "ts",
+    sig_key: "h1",
+    no_ts: "no ts=<timestamp> element",
+    no_sig: "no h1=<signature> element",
+};
 
 pub(crate) fn verify(
     key: &[u8],
@@ -17,30 +26,13 @@ pub(crate) fn verify(
     now: i64,
     tolerance: Duration,
 ) -> Result<(), Verdict> {
-    let value = header(req, SIGNATURE)?;
-    let mut ts = None;
-    let mut h1 = Vec::new();
-    for part in value.split(';') {
-        match part.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
-            Some(("ts", t)) if ts.is_none() => ts = Some(t),
-            Some(("h1", sig)) => h1.push(sig),
-            _ => {}
-        }
-    }
-    let ts = ts.ok_or(malformed(SIGNATURE, "no ts=<timestamp> element"))?;
-    let ts = unix_seconds(SIGNATURE, ts)?;
-    if h1.is_empty() {
-        return Err(malformed(SIGNATURE, "no h1=<signature> element"));
-    }
-    let expected = tag(key, ts, req.body);
-    let matched = h1
-        .iter()
-        .filter_map(|s| hex_decode_exact::<32>(s))
-        .any(|sig| ct_eq(&sig, &expected));
-    if !matched {
-        return Err(Verdict::InvalidSignature);
-    }
-    check_window(ts, now, tolerance, Future::Accept)
+    LAYOUT.verify(
+        req,
+        |ts| tag(key, ts, req.body),
+        now,
+        tolerance,
+        Future::Accept,
+    )
 }
 
 pub(crate) fn sign(key: &[u8], req: &SignedRequest<'_>, now: i64) -> Vec<(String, String)> {
@@ -55,6 +47,7 @@ fn tag(key: &[u8], ts: i64, body: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheme::malformed;
     use crate::testutil::{flip_byte, flip_char, headers};
 
     // Published vectors: PaddleHQ/paddle-node-sdk,
