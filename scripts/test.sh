@@ -39,4 +39,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# The end-to-end tests run the workspace's binaries (porthole, porthole-relay). Cargo
+# builds a package's binaries only for that package's own integration tests, so build
+# them all first: a clean clone would otherwise lack porthole-relay.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
