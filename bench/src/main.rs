@@ -52,6 +52,11 @@ struct Args {
     /// disturb any measurement taken meanwhile.
     #[arg(long)]
     queue: bool,
+    /// Also measure a second client with the inspector on, in every round beside the
+    /// plain one (capture cost as a same-round ratio), then flood it with large bodies
+    /// and report its peak RSS.
+    #[arg(long)]
+    inspector: bool,
     /// Do not run `cargo build --release` for porthole and porthole-relay first.
     #[arg(long)]
     no_build: bool,
@@ -322,6 +327,15 @@ async fn run(args: Args) -> Result<()> {
                 Err(e) => report.notes.push(format!("queue mode not measured: {e:#}")),
             }
         }
+        if args.inspector {
+            let relay_pid = paths[1].procs[0].pid;
+            match paths::porthole_inspect(&bins, &info, relay_pid, target_addr).await {
+                Ok(p) => paths.push(p),
+                Err(e) => report
+                    .notes
+                    .push(format!("inspector on not measured: {e:#}")),
+            }
+        }
         porthole_ctx = Some((bins, info));
     }
 
@@ -341,7 +355,7 @@ async fn run(args: Args) -> Result<()> {
     for p in &paths {
         let mut r = PathReport {
             name: p.name.clone(),
-            processes: p.procs.iter().map(|x| x.name.clone()).collect(),
+            processes: p.pids().into_iter().map(|(n, _)| n).collect(),
             ..Default::default()
         };
         for (n, pid) in p.pids() {
@@ -428,6 +442,23 @@ async fn run(args: Args) -> Result<()> {
             log(format!("time to URL ({} samples)", cfg.ttu_samples));
             report.time_to_url = Some(time_to_url(bins, info, target_addr, cfg.ttu_samples).await?);
         }
+    }
+
+    if let Some(i) = paths.iter().position(|p| p.name == "porthole+inspect") {
+        let off = paths.iter().position(|p| p.name == "porthole");
+        for (round, on) in reports[i].rounds.iter().enumerate() {
+            let off = off.and_then(|o| reports[o].rounds.get(round)?.thr_rps);
+            if let (Some(on), Some(off)) = (on.thr_rps, off) {
+                report.inspect_on_vs_off.push(on / off.max(1.0));
+            }
+        }
+        log("inspector flood");
+        report.inspect_flood = Some(
+            inspector_flood(&paths[i])
+                .await
+                .context("large-body flood through the inspector path")?,
+        );
+        paths[i].check_alive()?;
     }
 
     // Queue mode last: see `Args::queue`.
@@ -610,6 +641,48 @@ async fn head_of_line(
         .await
         .with_context(|| format!("{} after a visitor dropped a download mid-body", p.name))?;
     Ok(r?.p99_us)
+}
+
+/// Concurrent large uploads through the inspector path: every body is captured up to
+/// the 1 MiB cap and stored, so this is the worst case for the history's memory.
+async fn inspector_flood(p: &PathUnderTest) -> Result<report::Flood> {
+    const REQUESTS: u64 = 96;
+    const CONCURRENCY: u64 = 32;
+    const BODY: u64 = 8 << 20;
+    let client = p
+        .procs
+        .first()
+        .ok_or_else(|| anyhow!("inspector path has no client"))?;
+    let before = procs::rss_kib(client.pid)?;
+    procs::reset_peak_rss(client.pid);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..CONCURRENCY {
+        let (addr, host) = (p.addr, p.host.clone());
+        tasks.spawn(async move {
+            let mut n = w;
+            while n < REQUESTS {
+                client::upload(addr, &host, BODY).await?;
+                n += CONCURRENCY;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| anyhow!("flood task: {e}"))??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let peak = procs::peak_rss_kib(client.pid)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(report::Flood {
+        requests: REQUESTS,
+        concurrency: CONCURRENCY,
+        body_bytes: BODY,
+        mbps: (REQUESTS * BODY) as f64 / 1e6 / secs,
+        rss_before_kib: before,
+        peak_rss_kib: peak,
+        rss_after_kib: procs::rss_kib(client.pid)?,
+    })
 }
 
 /// RSS of a second client started with the inspector on, after one request.

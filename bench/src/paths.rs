@@ -26,6 +26,9 @@ pub struct PathUnderTest {
     pub host: String,
     /// Tunnel processes (CPU and RSS are charged to the path); empty for direct.
     pub procs: Vec<Proc>,
+    /// Processes this path shares with another (the relay of a second client), charged
+    /// to both but stopped by their owner.
+    pub shared: Vec<(String, u32)>,
 }
 
 impl PathUnderTest {
@@ -36,12 +39,16 @@ impl PathUnderTest {
             addr: target,
             host: target.to_string(),
             procs: Vec::new(),
+            shared: Vec::new(),
         }
     }
 
     /// Process ids and names of the tunnel processes.
     pub fn pids(&self) -> Vec<(String, u32)> {
-        self.procs.iter().map(|p| (p.name.clone(), p.pid)).collect()
+        let shared = self.shared.iter().cloned();
+        shared
+            .chain(self.procs.iter().map(|p| (p.name.clone(), p.pid)))
+            .collect()
     }
 
     /// Fails if any tunnel process died.
@@ -297,6 +304,7 @@ pub async fn porthole(
             addr: info.http,
             host: ready.host,
             procs: vec![relay_proc, client],
+            shared: Vec::new(),
         },
         info,
     ))
@@ -320,6 +328,28 @@ pub async fn porthole_queue(
         addr: info.http,
         host: ready.host,
         procs: vec![client],
+        shared: Vec::new(),
+    })
+}
+
+/// A second passthrough client on the same relay with the inspector on (history in the
+/// bench's scratch dir, default limits): measured in every round beside `porthole`, so
+/// the cost of capture is a same-round ratio. The relay is charged to both paths.
+pub async fn porthole_inspect(
+    bins: &PortholeBins,
+    info: &RelayInfo,
+    relay_pid: u32,
+    target: SocketAddr,
+) -> Result<PathUnderTest> {
+    let mut client = bins.spawn_client(info, target, "bench-inspect", Some("127.0.0.1:0"))?;
+    let ready = wait_ready(&mut client, READY_TIMEOUT).await?;
+    client.name = "porthole (inspect)".into();
+    Ok(PathUnderTest {
+        name: "porthole+inspect".into(),
+        addr: info.http,
+        host: ready.host,
+        procs: vec![client],
+        shared: vec![("porthole-relay".into(), relay_pid)],
     })
 }
 
@@ -376,6 +406,7 @@ pub async fn bore(bin: &Path, target: SocketAddr, work: &Path) -> Result<PathUnd
         addr,
         host: addr.to_string(),
         procs: vec![server, local],
+        shared: Vec::new(),
     })
 }
 
@@ -442,6 +473,7 @@ pub async fn rathole(
         addr,
         host: addr.to_string(),
         procs: vec![server, client],
+        shared: Vec::new(),
     };
     // rathole prints no machine-readable ready line: poll until a request goes through.
     let deadline = Instant::now() + READY_TIMEOUT;

@@ -110,8 +110,31 @@ pub struct Report {
     pub queue_vs_direct: Vec<f64>,
     /// And over the same round's passthrough (porthole) c=64 requests/s.
     pub queue_vs_passthrough: Vec<f64>,
+    /// c=64 requests/s with the inspector on over the same round's plain client.
+    pub inspect_on_vs_off: Vec<f64>,
+    /// Large-body flood through the inspector-on client.
+    pub inspect_flood: Option<Flood>,
     /// Things that were skipped or looked off.
     pub notes: Vec<String>,
+}
+
+/// Concurrent large uploads through the client with the inspector on.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Flood {
+    /// Uploads sent.
+    pub requests: u64,
+    /// Uploads in flight at once.
+    pub concurrency: u64,
+    /// Size of each body, bytes.
+    pub body_bytes: u64,
+    /// Aggregate upload rate, MB/s.
+    pub mbps: f64,
+    /// Client RSS before the flood, KiB.
+    pub rss_before_kib: u64,
+    /// Client peak RSS during the flood, KiB.
+    pub peak_rss_kib: u64,
+    /// Client RSS a second after it, KiB.
+    pub rss_after_kib: u64,
 }
 
 /// The 1-minute load average, or NaN if unreadable.
@@ -298,8 +321,9 @@ pub fn table(r: &Report) -> String {
         );
     }
     let mut mem = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for p in r.paths.iter().skip(1) {
-        for n in &p.processes {
+        for n in p.processes.iter().filter(|n| seen.insert(n.as_str())) {
             if let Some(v) = p.idle_rss_kib.get(n) {
                 let label = if p.name == "porthole" && n == "porthole" {
                     "porthole (inspect off)".to_string()
@@ -325,6 +349,31 @@ pub fn table(r: &Report) -> String {
             r.config.get("connections").and_then(|c| c.as_u64()).unwrap_or(64),
             median(&r.queue_vs_direct).unwrap_or(f64::NAN),
             median(&r.queue_vs_passthrough).unwrap_or(f64::NAN),
+        );
+    }
+    if let Some(m) = median(&r.inspect_on_vs_off) {
+        let _ = writeln!(
+            out,
+            "inspector on: c={} throughput {m:.2} of the plain client's (median of per-round ratios: {})",
+            r.config.get("connections").and_then(|c| c.as_u64()).unwrap_or(64),
+            r.inspect_on_vs_off
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(f) = &r.inspect_flood {
+        let _ = writeln!(
+            out,
+            "inspector flood: {} × {} MiB uploads, {} at once, {:.0} MB/s; client RSS {} MiB before, peak {} MiB, {} MiB after",
+            f.requests,
+            f.body_bytes >> 20,
+            f.concurrency,
+            f.mbps,
+            mib(f.rss_before_kib),
+            mib(f.peak_rss_kib),
+            mib(f.rss_after_kib)
         );
     }
     if let Some(t) = &r.time_to_url {

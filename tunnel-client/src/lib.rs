@@ -236,6 +236,7 @@ async fn run_http_inner(
             ),
         }
     }
+    let history = inspector.as_ref().map(|(i, _, _)| Arc::clone(i));
     let inspect_url = match inspector {
         Some((inspector, listener, url)) => {
             // The Queue view runs `porthole queue` commands with this daemon's relay
@@ -269,6 +270,10 @@ async fn run_http_inner(
         inspect_url,
     };
     let result = session::run(cfg, forwarder, output, shutdown).await;
+    if let Some(history) = history {
+        // Exchanges still waiting for the writer (it batches under load) are kept.
+        history.flush().await;
+    }
     drop(local_relay);
     result
 }

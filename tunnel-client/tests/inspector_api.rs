@@ -368,6 +368,33 @@ async fn evicts_oldest_by_count_and_by_bytes() {
 }
 
 #[tokio::test]
+async fn a_flood_keeps_the_newest_exchanges_without_dropping_or_piling_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = InspectorConfig::new(dir.path().join("flood.sqlite3"));
+    cfg.max_exchanges = 10;
+    let insp = Inspector::open(cfg).unwrap();
+    // 2,000 × 64 KiB = 125 MiB recorded far faster than it could be written one by one.
+    let body = vec![b'f'; 64 << 10];
+    for id in 1..=2000 {
+        insp.record(&exchange(id, "POST", "/flood", 200, &body));
+    }
+    insp.flush().await;
+    assert_eq!(insp.dropped(), 0, "superseded exchanges are not drops");
+    let app = inspector::router(insp.clone(), Arc::new(NoReplayer));
+    let kept = ids(&call(&app, "GET", "/api/requests", None).await.json());
+    // The newest, contiguous; eviction trims to 90% of the limit once it is exceeded.
+    assert!((9..=10).contains(&kept.len()), "{kept:?}");
+    assert_eq!(
+        kept,
+        (2001 - kept.len() as u64..=2000)
+            .rev()
+            .collect::<Vec<u64>>()
+    );
+    let raw = call(&app, "GET", "/api/requests/2000/body?part=request", None).await;
+    assert_eq!(raw.body.len(), body.len());
+}
+
+#[tokio::test]
 async fn history_survives_reopen_and_ids_continue() {
     let dir = tempfile::tempdir().unwrap();
     let insp = open(&dir);

@@ -30,12 +30,12 @@ mod har;
 mod store;
 pub(crate) mod time;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
@@ -48,8 +48,13 @@ pub use shared_proto::delivery::QueueOp;
 pub use api::router;
 pub use store::{Filter, StatusFilter};
 
-/// How many finished exchanges may wait for the writer before new ones are dropped.
-const QUEUE_CAPACITY: usize = 1024;
+/// How many captured bytes (bodies and heads) may wait for the writer before new
+/// exchanges are dropped: with 1 MiB bodies a bound by count alone would let a flood of
+/// large uploads hold gigabytes.
+const QUEUE_MAX_BYTES: u64 = 64 << 20;
+/// Under load the writer waits this long between batches (see [`Writer`]); the live
+/// list then updates a few times a second.
+const BATCH_LINGER: Duration = Duration::from_millis(250);
 /// How many summaries a slow live-event subscriber may fall behind before it skips.
 const EVENTS_CAPACITY: usize = 256;
 
@@ -185,9 +190,50 @@ impl ExchangeSummary {
 
 /// Work for the writer thread, in arrival order.
 enum Command {
-    Record(Arc<Exchange>),
+    Record(Arc<Exchange>, u64),
     Clear(oneshot::Sender<anyhow::Result<u64>>),
     Flush(oneshot::Sender<()>),
+}
+
+/// What waits for the writer thread, shared with the forwarding path.
+#[derive(Default)]
+struct Queue {
+    commands: VecDeque<Command>,
+    /// `Record` commands in `commands`.
+    records: usize,
+    /// Captured bytes of those.
+    record_bytes: u64,
+    /// Captured bytes in `commands` and in the batch being written (the memory bound).
+    bytes: u64,
+    /// The writer is waiting for work (so a new command must wake it).
+    writer_idle: bool,
+    /// A control command waits: the writer cuts its linger short.
+    urgent: bool,
+    /// The inspector is gone: the writer stores what is left and ends.
+    closed: bool,
+}
+
+/// [`Queue`] and the writer's wake-up.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Only plain data is mutated under the lock; a panic elsewhere cannot leave it
+        // inconsistent.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a control command and wakes the writer.
+    fn control(&self, cmd: Command) {
+        let mut q = self.lock();
+        q.commands.push_back(cmd);
+        q.urgent = true;
+        self.wake.notify_one();
+    }
 }
 
 /// The persistent exchange history behind the inspector UI and API.
@@ -196,7 +242,8 @@ enum Command {
 /// blocks); reads use a second connection, which SQLite's WAL mode lets run alongside.
 pub struct Inspector {
     config: InspectorConfig,
-    commands: SyncSender<Command>,
+    shared: Arc<Shared>,
+    limits: store::Limits,
     reader: Mutex<store::Store>,
     events: broadcast::Sender<Arc<ExchangeSummary>>,
     /// Highest id stored or handed to `record`, so ids keep increasing after restarts
@@ -246,16 +293,22 @@ impl Inspector {
         let reader = store::Store::open(&config.db_path)
             .with_context(|| format!("opening history {}", config.db_path.display()))?;
         let max_id = Arc::new(AtomicU64::new(reader.max_id().context("reading history")?));
-        let (commands, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let shared = Arc::new(Shared::default());
         let (events, _) = broadcast::channel(EVENTS_CAPACITY);
-        let thread_events = events.clone();
+        let writer = Writer {
+            store: writer,
+            limits,
+            events: events.clone(),
+            shared: Arc::clone(&shared),
+        };
         std::thread::Builder::new()
             .name("inspector-writer".into())
-            .spawn(move || run_writer(writer, limits, rx, thread_events))
+            .spawn(move || writer.run())
             .context("starting the inspector writer thread")?;
         Ok(Arc::new(Self {
             config,
-            commands,
+            shared,
+            limits,
             reader: Mutex::new(reader),
             events,
             max_id,
@@ -298,15 +351,14 @@ impl Inspector {
     /// Waits until every exchange recorded before this call is stored.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.send_blocking(Command::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.shared.control(Command::Flush(tx));
+        let _ = rx.await;
     }
 
     /// Deletes the whole history (ids keep increasing); answers how many were deleted.
     pub async fn clear(&self) -> anyhow::Result<u64> {
         let (tx, rx) = oneshot::channel();
-        self.send_blocking(Command::Clear(tx)).await?;
+        self.shared.control(Command::Clear(tx));
         rx.await.context("inspector writer stopped")?
     }
 
@@ -332,8 +384,17 @@ impl Inspector {
         self.read(move |s| s.list(&filter)).await
     }
 
-    /// One exchange in full, if stored.
+    /// One exchange in full, if stored. An exchange already recorded but still waiting
+    /// for the writer (which batches under load) is stored first, so an id seen in a
+    /// live event or the console can be fetched and replayed at once.
     pub async fn exchange(self: &Arc<Self>, id: ExchangeId) -> anyhow::Result<Option<Exchange>> {
+        if let Some(ex) = self.read(move |s| s.exchange(id)).await? {
+            return Ok(Some(ex));
+        }
+        if id.0 > self.max_id.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.flush().await;
         self.read(move |s| s.exchange(id)).await
     }
 
@@ -391,14 +452,6 @@ impl Inspector {
         }
     }
 
-    async fn send_blocking(&self, cmd: Command) -> anyhow::Result<()> {
-        let tx = self.commands.clone();
-        tokio::task::spawn_blocking(move || tx.send(cmd))
-            .await
-            .context("inspector writer task failed")?
-            .map_err(|_| anyhow::anyhow!("inspector writer stopped"))
-    }
-
     fn note_drop(&self) {
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         // Log the 1st, 2nd, 4th, 8th… drop so a flood cannot flood the log too.
@@ -415,70 +468,150 @@ impl ExchangeSink for Inspector {
 
     fn record_shared(&self, exchange: &Arc<Exchange>) {
         self.max_id.fetch_max(exchange.id.0, Ordering::Relaxed);
-        match self.commands.try_send(Command::Record(exchange.clone())) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.note_drop(),
+        let size = captured_bytes(exchange);
+        let mut q = self.shared.lock();
+        if q.closed || q.bytes + size > QUEUE_MAX_BYTES {
+            drop(q);
+            self.note_drop();
+            return;
         }
+        q.commands
+            .push_back(Command::Record(Arc::clone(exchange), size));
+        q.records += 1;
+        q.record_bytes += size;
+        q.bytes += size;
+        // Under a flood, exchanges that the history's limits would evict as soon as the
+        // batch is stored are let go here: the newest is always kept, and a control
+        // command (flush, clear) stops the trimming so its order still holds.
+        while q.records > 1
+            && (q.records > self.limits.max_exchanges || q.record_bytes > self.limits.max_bytes)
+        {
+            let Some(&Command::Record(_, size)) = q.commands.front() else {
+                break;
+            };
+            q.bytes -= size;
+            q.record_bytes -= size;
+            q.records -= 1;
+            q.commands.pop_front();
+        }
+        if q.writer_idle {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Inspector {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
     }
 }
 
 /// The writer thread: stores exchanges in batches, evicts, then announces them.
-fn run_writer(
-    mut store: store::Store,
+///
+/// At a trickle each exchange is written as it arrives. Under load (more than one
+/// exchange waiting when the writer comes for work) it sleeps for [`BATCH_LINGER`]
+/// between batches; meanwhile [`Inspector::record_shared`] lets go of the oldest waiting
+/// exchanges that the history's limits would evict at once. A flood therefore costs at
+/// most one history's worth of writes per linger rather than a write per exchange,
+/// and no thread wake-up per exchange.
+struct Writer {
+    store: store::Store,
     limits: store::Limits,
-    rx: mpsc::Receiver<Command>,
     events: broadcast::Sender<Arc<ExchangeSummary>>,
-) {
-    const BATCH: usize = 64;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(cmd) => batch.push(cmd),
-                Err(_) => break,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let (commands, closed) = {
+                let mut q = self.shared.lock();
+                while q.commands.is_empty() && !q.closed {
+                    q.writer_idle = true;
+                    q = self.shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+                    q.writer_idle = false;
+                }
+                q.records = 0;
+                q.record_bytes = 0;
+                q.urgent = false;
+                (std::mem::take(&mut q.commands), q.closed)
+            };
+            let busy = commands.len() > 1;
+            let mut batch: Vec<(Arc<Exchange>, u64)> = Vec::new();
+            for cmd in commands {
+                match cmd {
+                    Command::Record(ex, size) => batch.push((ex, size)),
+                    Command::Flush(done) => {
+                        self.write(&mut batch);
+                        let _ = done.send(());
+                    }
+                    Command::Clear(done) => {
+                        self.write(&mut batch);
+                        let _ = done.send(self.store.clear());
+                    }
+                }
+            }
+            self.write(&mut batch);
+            if closed {
+                return;
+            }
+            if busy {
+                self.linger();
             }
         }
-        let mut pending: Vec<Arc<Exchange>> = Vec::new();
-        for cmd in batch {
-            match cmd {
-                Command::Record(ex) => pending.push(ex),
-                Command::Flush(done) => {
-                    write_batch(&mut store, &limits, &mut pending, &events);
-                    let _ = done.send(());
-                }
-                Command::Clear(done) => {
-                    write_batch(&mut store, &limits, &mut pending, &events);
-                    let _ = done.send(store.clear());
-                }
+    }
+
+    /// Waits [`BATCH_LINGER`] while exchanges gather (recording does not wake the
+    /// writer meanwhile); a flush, a clear or closing ends the wait early.
+    fn linger(&self) {
+        let deadline = Instant::now() + BATCH_LINGER;
+        let mut q = self.shared.lock();
+        while !q.urgent && !q.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
+            q = match self.shared.wake.wait_timeout(q, left) {
+                Ok((q, _)) => q,
+                Err(p) => p.into_inner().0,
+            };
         }
-        write_batch(&mut store, &limits, &mut pending, &events);
+    }
+
+    /// Stores `batch`, evicts, then announces what was stored.
+    fn write(&mut self, batch: &mut Vec<(Arc<Exchange>, u64)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let stored = self.store.insert_all(batch.iter().map(|(e, _)| &**e));
+        let bytes: u64 = batch.iter().map(|(_, size)| size).sum();
+        self.shared.lock().bytes -= bytes;
+        let batch = std::mem::take(batch);
+        if let Err(err) = stored {
+            tracing::warn!(error = format!("{err:#}"), "storing exchanges failed");
+            return;
+        }
+        if let Err(err) = self.store.evict(&self.limits) {
+            tracing::warn!(error = format!("{err:#}"), "evicting old exchanges failed");
+        }
+        if self.events.receiver_count() == 0 {
+            // Nobody is watching live: skip building the summaries.
+            return;
+        }
+        for (ex, _) in batch {
+            let _ = self.events.send(Arc::new(ExchangeSummary::of(&ex)));
+        }
     }
 }
 
-fn write_batch(
-    store: &mut store::Store,
-    limits: &store::Limits,
-    pending: &mut Vec<Arc<Exchange>>,
-    events: &broadcast::Sender<Arc<ExchangeSummary>>,
-) {
-    if pending.is_empty() {
-        return;
-    }
-    if let Err(err) = store.insert_all(pending.iter().map(|e| &**e)) {
-        tracing::warn!(error = format!("{err:#}"), "storing exchanges failed");
-        pending.clear();
-        return;
-    }
-    if let Err(err) = store.evict(limits) {
-        tracing::warn!(error = format!("{err:#}"), "evicting old exchanges failed");
-    }
-    if events.receiver_count() == 0 {
-        // Nobody is watching live: skip building the summaries.
-        pending.clear();
-        return;
-    }
-    for ex in pending.drain(..) {
-        let _ = events.send(Arc::new(ExchangeSummary::of(&ex)));
-    }
+/// What an exchange holds in captured bytes (bodies and heads), for the queue's bound.
+fn captured_bytes(ex: &Exchange) -> u64 {
+    let headers = |h: &[(String, Vec<u8>)]| h.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let request = ex.request.body.bytes.len() + headers(&ex.request.headers);
+    let response = ex
+        .response
+        .as_ref()
+        .map_or(0, |r| r.body.bytes.len() + headers(&r.headers));
+    (256 + ex.request.uri.len() + request + response) as u64
 }
