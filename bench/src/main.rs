@@ -452,9 +452,17 @@ async fn run(args: Args) -> Result<()> {
                 report.inspect_on_vs_off.push(on / off.max(1.0));
             }
         }
-        log("inspector flood");
+        log("large-body flood, inspector off and on");
+        if let Some(o) = off {
+            report.flood_inspect_off = Some(
+                large_body_flood(&paths[o])
+                    .await
+                    .context("large-body flood through the plain path")?,
+            );
+            paths[o].check_alive()?;
+        }
         report.inspect_flood = Some(
-            inspector_flood(&paths[i])
+            large_body_flood(&paths[i])
                 .await
                 .context("large-body flood through the inspector path")?,
         );
@@ -643,16 +651,18 @@ async fn head_of_line(
     Ok(r?.p99_us)
 }
 
-/// Concurrent large uploads through the inspector path: every body is captured up to
-/// the 1 MiB cap and stored, so this is the worst case for the history's memory.
-async fn inspector_flood(p: &PathUnderTest) -> Result<report::Flood> {
+/// Concurrent large uploads through a Porthole path; the client's memory is measured.
+/// With the inspector on, every body is captured up to the 1 MiB cap and stored: the
+/// worst case for the history's memory.
+async fn large_body_flood(p: &PathUnderTest) -> Result<report::Flood> {
     const REQUESTS: u64 = 96;
     const CONCURRENCY: u64 = 32;
     const BODY: u64 = 8 << 20;
     let client = p
         .procs
-        .first()
-        .ok_or_else(|| anyhow!("inspector path has no client"))?;
+        .iter()
+        .find(|c| c.name.starts_with("porthole ") || c.name == "porthole")
+        .ok_or_else(|| anyhow!("{} has no porthole client", p.name))?;
     let before = procs::rss_kib(client.pid)?;
     procs::reset_peak_rss(client.pid);
     let started = Instant::now();

@@ -341,7 +341,8 @@ pub async fn porthole_inspect(
     relay_pid: u32,
     target: SocketAddr,
 ) -> Result<PathUnderTest> {
-    let mut client = bins.spawn_client(info, target, "bench-inspect", Some("127.0.0.1:0"))?;
+    // Not `bench-inspect`: the idle-RSS probe uses that name and would take it over.
+    let mut client = bins.spawn_client(info, target, "bench-inspector", Some("127.0.0.1:0"))?;
     let ready = wait_ready(&mut client, READY_TIMEOUT).await?;
     client.name = "porthole (inspect)".into();
     Ok(PathUnderTest {

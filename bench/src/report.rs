@@ -114,6 +114,8 @@ pub struct Report {
     pub inspect_on_vs_off: Vec<f64>,
     /// Large-body flood through the inspector-on client.
     pub inspect_flood: Option<Flood>,
+    /// The same flood through the plain client, for comparison.
+    pub flood_inspect_off: Option<Flood>,
     /// Things that were skipped or looked off.
     pub notes: Vec<String>,
 }
@@ -363,10 +365,14 @@ pub fn table(r: &Report) -> String {
                 .join(", ")
         );
     }
-    if let Some(f) = &r.inspect_flood {
+    for (label, f) in [
+        ("inspector off", &r.flood_inspect_off),
+        ("inspector on", &r.inspect_flood),
+    ] {
+        let Some(f) = f else { continue };
         let _ = writeln!(
             out,
-            "inspector flood: {} × {} MiB uploads, {} at once, {:.0} MB/s; client RSS {} MiB before, peak {} MiB, {} MiB after",
+            "large-body flood, {label}: {} × {} MiB uploads, {} at once, {:.0} MB/s; client RSS {} MiB before, peak {} MiB, {} MiB after",
             f.requests,
             f.body_bytes >> 20,
             f.concurrency,

@@ -51,10 +51,15 @@ pub use store::{Filter, StatusFilter};
 /// How many captured bytes (bodies and heads) may wait for the writer before new
 /// exchanges are dropped: with 1 MiB bodies a bound by count alone would let a flood of
 /// large uploads hold gigabytes.
-const QUEUE_MAX_BYTES: u64 = 64 << 20;
+const QUEUE_MAX_BYTES: u64 = 16 << 20;
 /// Under load the writer waits this long between batches (see [`Writer`]); the live
-/// list then updates a few times a second.
-const BATCH_LINGER: Duration = Duration::from_millis(250);
+/// list then updates once a second, and a flood costs at most one history's worth of
+/// writes per second.
+const BATCH_LINGER: Duration = Duration::from_secs(1);
+/// Exchanges stored per transaction.
+const CHUNK: usize = 32;
+/// The writer's pause between transactions of one batch.
+const CHUNK_PAUSE: Duration = Duration::from_micros(200);
 /// How many summaries a slow live-event subscriber may fall behind before it skips.
 const EVENTS_CAPACITY: usize = 256;
 
@@ -522,8 +527,25 @@ struct Writer {
     shared: Arc<Shared>,
 }
 
+/// How much nicer than the daemon the writer thread runs: it is never urgent, and its
+/// batches must not delay the threads that forward requests.
+#[cfg(target_os = "linux")]
+const WRITER_NICENESS: i32 = 10;
+
 impl Writer {
     fn run(mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            // On Linux the nice value is per thread; best effort (the writer works either
+            // way).
+            let tid = rustix::thread::gettid();
+            let nice = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+            if let Err(err) =
+                rustix::process::setpriority_process(Some(tid), nice + WRITER_NICENESS)
+            {
+                tracing::debug!(error = %err, "cannot lower the inspector writer's priority");
+            }
+        }
         loop {
             let (commands, closed) = {
                 let mut q = self.shared.lock();
@@ -579,15 +601,23 @@ impl Writer {
         }
     }
 
-    /// Stores `batch`, evicts, then announces what was stored.
+    /// Stores `batch` a few exchanges per transaction, evicting and announcing after
+    /// each; between them the thread steps aside for [`CHUNK_PAUSE`], so a long batch
+    /// never holds a core that a forwarding thread is waiting for.
     fn write(&mut self, batch: &mut Vec<(Arc<Exchange>, u64)>) {
-        if batch.is_empty() {
-            return;
-        }
-        let stored = self.store.insert_all(batch.iter().map(|(e, _)| &**e));
-        let bytes: u64 = batch.iter().map(|(_, size)| size).sum();
-        self.shared.lock().bytes -= bytes;
         let batch = std::mem::take(batch);
+        for (i, chunk) in batch.chunks(CHUNK).enumerate() {
+            if i > 0 {
+                std::thread::sleep(CHUNK_PAUSE);
+            }
+            self.write_chunk(chunk);
+        }
+    }
+
+    fn write_chunk(&mut self, chunk: &[(Arc<Exchange>, u64)]) {
+        let stored = self.store.insert_all(chunk.iter().map(|(e, _)| &**e));
+        let bytes: u64 = chunk.iter().map(|(_, size)| size).sum();
+        self.shared.lock().bytes -= bytes;
         if let Err(err) = stored {
             tracing::warn!(error = format!("{err:#}"), "storing exchanges failed");
             return;
@@ -599,8 +629,8 @@ impl Writer {
             // Nobody is watching live: skip building the summaries.
             return;
         }
-        for (ex, _) in batch {
-            let _ = self.events.send(Arc::new(ExchangeSummary::of(&ex)));
+        for (ex, _) in chunk {
+            let _ = self.events.send(Arc::new(ExchangeSummary::of(ex)));
         }
     }
 }
