@@ -217,6 +217,14 @@ impl BodyTap {
         let room = self.cap.saturating_sub(self.buf.len());
         if room > 0 {
             let take = room.min(chunk.len());
+            if self.buf.capacity() - self.buf.len() < take {
+                // Grow by doubling but never past the cap: a large body's prefix then
+                // takes exactly `cap` bytes instead of the next power of two.
+                let want = (self.buf.len() + take)
+                    .max(self.buf.capacity() * 2)
+                    .min(self.cap);
+                self.buf.reserve(want - self.buf.len());
+            }
             self.buf.extend_from_slice(&chunk[..take]);
         }
     }

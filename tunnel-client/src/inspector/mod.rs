@@ -56,8 +56,10 @@ const QUEUE_MAX_BYTES: u64 = 16 << 20;
 /// list then updates once a second, and a flood costs at most one history's worth of
 /// writes per second.
 const BATCH_LINGER: Duration = Duration::from_secs(1);
-/// Exchanges stored per transaction.
+/// Exchanges stored per transaction, at most.
 const CHUNK: usize = 32;
+/// Captured bytes stored per transaction, at most (unless one exchange is larger).
+const CHUNK_BYTES: u64 = 2 << 20;
 /// The writer's pause between transactions of one batch.
 const CHUNK_PAUSE: Duration = Duration::from_micros(200);
 /// How many summaries a slow live-event subscriber may fall behind before it skips.
@@ -606,11 +608,22 @@ impl Writer {
     /// never holds a core that a forwarding thread is waiting for.
     fn write(&mut self, batch: &mut Vec<(Arc<Exchange>, u64)>) {
         let batch = std::mem::take(batch);
-        for (i, chunk) in batch.chunks(CHUNK).enumerate() {
-            if i > 0 {
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            if rest.len() < batch.len() {
                 std::thread::sleep(CHUNK_PAUSE);
             }
+            // Up to CHUNK exchanges and CHUNK_BYTES (one transaction's dirty pages stay
+            // in memory until it commits), at least one.
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < rest.len() && n < CHUNK && (n == 0 || bytes + rest[n].1 <= CHUNK_BYTES) {
+                bytes += rest[n].1;
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
             self.write_chunk(chunk);
+            rest = tail;
         }
     }
 
