@@ -71,6 +71,17 @@ async fn send(
         .map_err(|_| anyhow!("request {path} via {host} timed out after {REQUEST_TIMEOUT:?}"))?
 }
 
+/// `method path` with an empty body; returns the status and the start of the body.
+pub async fn call(
+    addr: SocketAddr,
+    host: &str,
+    method: Method,
+    path: &str,
+) -> Result<(StatusCode, Bytes)> {
+    let (status, _, body) = send(addr, host, method, path, full(Bytes::new()), 0).await?;
+    Ok((status, body))
+}
+
 /// GET `path`; returns the status.
 pub async fn get_status(addr: SocketAddr, host: &str, path: &str) -> Result<StatusCode> {
     Ok(send(addr, host, Method::GET, path, full(Bytes::new()), 0)

@@ -254,6 +254,33 @@ impl PortholeBins {
         cmd.args(extra);
         Proc::spawn(&format!("porthole http ({name})"), cmd, &self.work)
     }
+
+    /// Spawns `porthole http` with a relay-chosen name, the inspector off, and its data
+    /// directory in `data` (the memory scenario starts many of them).
+    pub fn spawn_client_anon(
+        &self,
+        relay: &RelayInfo,
+        target: SocketAddr,
+        label: &str,
+        data: &Path,
+    ) -> Result<Proc> {
+        let mut cmd = Command::new(&self.client);
+        cmd.arg("http")
+            .arg(target.to_string())
+            .arg("--relay")
+            .arg(relay.tunnel.to_string())
+            .arg("--token")
+            .arg(&relay.token)
+            .arg("--relay-pin")
+            .arg(&relay.pin)
+            .args(["--inspect", "off", "--json"])
+            .env("PORTHOLE_DATA_DIR", data)
+            .env("RUST_LOG", "warn");
+        if self.client_has_quiet {
+            cmd.arg("--quiet");
+        }
+        Proc::spawn(label, cmd, &self.work)
+    }
 }
 
 /// What `porthole http --json` announced.

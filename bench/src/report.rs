@@ -116,6 +116,10 @@ pub struct Report {
     pub inspect_flood: Option<Flood>,
     /// The same flood through the plain client, for comparison.
     pub flood_inspect_off: Option<Flood>,
+    /// The relay with many idle tunnels.
+    pub idle_tunnels: Option<crate::memory::IdleTunnels>,
+    /// The relay and client with many requests in flight.
+    pub in_flight: Option<crate::memory::InFlight>,
     /// Things that were skipped or looked off.
     pub notes: Vec<String>,
 }
@@ -380,6 +384,46 @@ pub fn table(r: &Report) -> String {
             mib(f.rss_before_kib),
             mib(f.peak_rss_kib),
             mib(f.rss_after_kib)
+        );
+    }
+    if let Some(m) = &r.in_flight {
+        let show = |v: &[(String, u64)]| {
+            v.iter()
+                .map(|(n, k)| format!("{n} {} MiB", mib(*k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let per_request: Vec<String> = m
+            .during_kib
+            .iter()
+            .zip(&m.before_kib)
+            .map(|((n, d), (_, b))| {
+                let kib = d.saturating_sub(*b) as f64 / m.held.max(1) as f64;
+                format!(
+                    "{n} {kib:.1} KiB ({:.0} MiB per 10,000)",
+                    kib * 10_000.0 / 1024.0
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{} requests in flight (target held {}, {} answered 200 once released): RSS {} (before: {}); per request: {}",
+            m.requests,
+            m.held,
+            m.answered,
+            show(&m.during_kib),
+            show(&m.before_kib),
+            per_request.join(", ")
+        );
+    }
+    if let Some(m) = &r.idle_tunnels {
+        let _ = writeln!(
+            out,
+            "{} idle tunnels (one client each): relay RSS {} → {} MiB, {:.1} KiB per tunnel",
+            m.tunnels,
+            mib(m.relay_before_kib),
+            mib(m.relay_after_kib),
+            m.per_tunnel_kib
         );
     }
     if let Some(t) = &r.time_to_url {

@@ -2,10 +2,15 @@
 //! (`porthole-bench target-server`) so that its CPU is separate from the load generator's.
 //!
 //! Routes: `GET /download/N` streams N bytes; `POST /upload` drains the body and answers
-//! the byte count; any other `POST` drains the body and answers a tiny JSON; anything
-//! else answers `ok`.
+//! the byte count; `GET /hold` answers only once `POST /release` was called (or after
+//! a minute), and `GET /held` counts the requests being held (the in-flight memory
+//! scenario); any other `POST` drains the body and answers a tiny JSON; anything else
+//! answers `ok`.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -57,6 +62,27 @@ pub fn run(addr: &str, threads: usize) -> Result<()> {
     })
 }
 
+/// Requests waiting in `GET /hold`.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+/// Set by `POST /release`: held requests answer, new ones answer at once.
+static RELEASED: AtomicBool = AtomicBool::new(false);
+/// How long `GET /hold` waits at most.
+const HOLD_LIMIT: Duration = Duration::from_secs(60);
+
+fn release_signal() -> &'static tokio::sync::Notify {
+    static SIGNAL: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    SIGNAL.get_or_init(tokio::sync::Notify::new)
+}
+
+async fn hold() {
+    HELD.fetch_add(1, Ordering::SeqCst);
+    let released = release_signal().notified();
+    if !RELEASED.load(Ordering::SeqCst) {
+        let _ = tokio::time::timeout(HOLD_LIMIT, released).await;
+    }
+    HELD.fetch_sub(1, Ordering::SeqCst);
+}
+
 async fn drain(body: Incoming) -> Result<u64, hyper::Error> {
     let mut body = body;
     let mut n = 0u64;
@@ -82,6 +108,15 @@ async fn handle(req: Request<Incoming>) -> Result<Response<BenchBody>, hyper::Er
                     .status(StatusCode::BAD_REQUEST)
                     .body(full("bad size\n")),
             }
+        } else if path == "/hold" {
+            hold().await;
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(full(Bytes::from_static(b"released\n")))
+        } else if path == "/held" {
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(full(HELD.load(Ordering::SeqCst).to_string()))
         } else {
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain")
@@ -89,6 +124,10 @@ async fn handle(req: Request<Incoming>) -> Result<Response<BenchBody>, hyper::Er
         }
     } else {
         let n = drain(body).await?;
+        if path == "/release" {
+            RELEASED.store(true, Ordering::SeqCst);
+            release_signal().notify_waiters();
+        }
         if path == "/upload" {
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain")

@@ -451,6 +451,7 @@ impl Relay {
     fn tuning(&self) -> quic::TransportTuning {
         quic::TransportTuning {
             idle_timeout: self.cfg.idle_timeout,
+            max_streams: quic::CLIENT_OPENED_STREAMS,
             ..Default::default()
         }
     }

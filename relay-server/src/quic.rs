@@ -39,8 +39,14 @@ pub enum StreamError {
     Body(String),
 }
 
-/// How the QUIC transport is tuned. Both sides use the same numbers so that the limits
-/// are symmetric and documented in one place.
+/// Streams a client may open toward the relay at once. It opens one, the control
+/// stream; every data stream is opened by the relay. quinn keeps state for every
+/// stream the peer may open, allocated up front (about 70 bytes each), so the
+/// client's 10,000 here cost the relay ~700 KiB per idle session.
+pub const CLIENT_OPENED_STREAMS: u32 = 4;
+
+/// How the QUIC transport is tuned, in one place for both sides: the client uses the
+/// defaults; the relay the same but for [`CLIENT_OPENED_STREAMS`].
 #[derive(Debug, Clone)]
 pub struct TransportTuning {
     /// Concurrent data streams the peer may open (quinn's default of 100 would cap a
