@@ -385,6 +385,25 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
+    // The relay's memory per idle tunnel, while it is fresh (load leaves its allocator
+    // holding memory that it returns later, which would blur the difference).
+    if let Some((bins, info)) = &porthole_ctx {
+        let n = args
+            .idle_tunnels
+            .unwrap_or(if cfg.quick { 100 } else { 1000 });
+        if n > 0 {
+            log(format!("{n} idle tunnels"));
+            let relay_pid = paths[1].procs[0].pid;
+            match memory::idle_tunnels(bins, info, relay_pid, target_addr, n).await {
+                Ok(m) => report.idle_tunnels = Some(m),
+                Err(e) => report
+                    .notes
+                    .push(format!("idle-tunnel memory not measured: {e:#}")),
+            }
+            paths[1].check_alive()?;
+        }
+    }
+
     // Warm-up: a short c=64 run per path.
     for p in &paths {
         log(format!("warm-up {}", p.name));
@@ -480,11 +499,12 @@ async fn run(args: Args) -> Result<()> {
         paths[i].check_alive()?;
     }
 
-    // Memory with many requests in flight, then with many idle tunnels; before queue
-    // mode, whose backlog would still be draining.
-    if let Some((bins, info)) = &porthole_ctx {
-        let q = cfg.quick;
-        let n = args.in_flight.unwrap_or(if q { 1000 } else { 8000 });
+    // Memory with many requests in flight; before queue mode, whose backlog would still
+    // be draining.
+    if porthole_ctx.is_some() {
+        let n = args
+            .in_flight
+            .unwrap_or(if cfg.quick { 1000 } else { 8000 });
         if n > 0 {
             log(format!("{n} requests in flight"));
             match memory::in_flight(&paths[1], target_addr, n).await {
@@ -492,18 +512,6 @@ async fn run(args: Args) -> Result<()> {
                 Err(e) => report
                     .notes
                     .push(format!("in-flight memory not measured: {e:#}")),
-            }
-            paths[1].check_alive()?;
-        }
-        let n = args.idle_tunnels.unwrap_or(if q { 100 } else { 1000 });
-        if n > 0 {
-            log(format!("{n} idle tunnels"));
-            let relay_pid = paths[1].procs[0].pid;
-            match memory::idle_tunnels(bins, info, relay_pid, target_addr, n).await {
-                Ok(m) => report.idle_tunnels = Some(m),
-                Err(e) => report
-                    .notes
-                    .push(format!("idle-tunnel memory not measured: {e:#}")),
             }
             paths[1].check_alive()?;
         }
