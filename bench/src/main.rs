@@ -63,9 +63,10 @@ struct Args {
     #[arg(long)]
     idle_tunnels: Option<usize>,
     /// Requests held in flight at once for the relay's and client's memory (default
-    /// 8000, or 1000 with --quick; 0 skips). PERFORMANCE.md asks for 10,000, but one
-    /// session stalls at about 9,200 concurrent requests (open issue), so the default
-    /// stays below that and the report gives KiB per request.
+    /// 8000, or 1000 with --quick; 0 skips). PERFORMANCE.md asks for 10,000, but the
+    /// earlier scenarios' dropped visitors leak some of the session's 10,000 stream
+    /// slots (open bug), so the default stays below that and the report gives KiB per
+    /// request.
     #[arg(long)]
     in_flight: Option<usize>,
     /// Do not run `cargo build --release` for porthole and porthole-relay first.
