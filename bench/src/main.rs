@@ -63,10 +63,7 @@ struct Args {
     #[arg(long)]
     idle_tunnels: Option<usize>,
     /// Requests held in flight at once for the relay's and client's memory (default
-    /// 8000, or 1000 with --quick; 0 skips). PERFORMANCE.md asks for 10,000, but the
-    /// earlier scenarios' dropped visitors leak some of the session's 10,000 stream
-    /// slots (open bug), so the default stays below that and the report gives KiB per
-    /// request.
+    /// 10000, or 1000 with --quick; 0 skips).
     #[arg(long)]
     in_flight: Option<usize>,
     /// Do not run `cargo build --release` for porthole and porthole-relay first.
@@ -505,7 +502,7 @@ async fn run(args: Args) -> Result<()> {
     if porthole_ctx.is_some() {
         let n = args
             .in_flight
-            .unwrap_or(if cfg.quick { 1000 } else { 8000 });
+            .unwrap_or(if cfg.quick { 1000 } else { 10_000 });
         if n > 0 {
             log(format!("{n} requests in flight"));
             match memory::in_flight(&paths[1], target_addr, n).await {

@@ -39,6 +39,10 @@ pub enum StreamError {
     Body(String),
 }
 
+/// In-flight exchanges one session can always carry (see
+/// [`TransportTuning::max_streams`]).
+pub const GUARANTEED_STREAMS: u32 = 10_000;
+
 /// Streams a client may open toward the relay at once. It opens one, the control
 /// stream; every data stream is opened by the relay. quinn keeps state for every
 /// stream the peer may open, allocated up front (about 70 bytes each), so the
@@ -50,7 +54,9 @@ pub const CLIENT_OPENED_STREAMS: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct TransportTuning {
     /// Concurrent data streams the peer may open (quinn's default of 100 would cap a
-    /// tunnel at 100 in-flight requests).
+    /// tunnel at 100 in-flight requests). quinn hands closed streams' slots back to the
+    /// peer only once an eighth of this many are free, so the peer can count on 7/8 of
+    /// it at any moment: the default keeps that at 10,000 in-flight requests.
     pub max_streams: u32,
     /// Per-stream receive window. It bounds how much of one bulk transfer can sit in
     /// flight (and in the receiver's UDP queue) ahead of small exchanges on the same
@@ -69,7 +75,7 @@ pub struct TransportTuning {
 impl Default for TransportTuning {
     fn default() -> Self {
         Self {
-            max_streams: 10_000,
+            max_streams: GUARANTEED_STREAMS + GUARANTEED_STREAMS / 7 + 1,
             stream_window: 1024 * 1024,
             connection_window: 32 * 1024 * 1024,
             // A client that vanishes (killed, lid shut) is noticed within this bound,
@@ -505,6 +511,9 @@ mod tests {
     #[test]
     fn default_tuning_builds_a_transport() {
         let t = TransportTuning::default();
+        // What the peer can count on while quinn holds back up to an eighth of the
+        // window before announcing freed slots.
+        assert!(t.max_streams - t.max_streams / 8 >= GUARANTEED_STREAMS);
         assert!(quinn::IdleTimeout::try_from(t.idle_timeout).is_ok());
         let _ = t.transport_config();
     }
