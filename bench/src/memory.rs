@@ -100,11 +100,7 @@ pub struct InFlight {
 /// keeps waiting; once the target holds them all, reads the tunnel processes' RSS, then
 /// releases them and checks every answer.
 pub async fn in_flight(p: &PathUnderTest, target: SocketAddr, n: usize) -> Result<InFlight> {
-    let before: Vec<(String, u64)> = p
-        .pids()
-        .into_iter()
-        .map(|(name, pid)| Ok((name, procs::rss_kib(pid)?)))
-        .collect::<Result<_>>()?;
+    let before = rss_of(p)?;
     let deadline = Instant::now() + SCENARIO_LIMIT;
     let request = format!("GET /hold HTTP/1.1\r\nHost: {}\r\n\r\n", p.host);
     let mut streams = Vec::with_capacity(n);
@@ -134,11 +130,7 @@ pub async fn in_flight(p: &PathUnderTest, target: SocketAddr, n: usize) -> Resul
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let during: Vec<(String, u64)> = p
-        .pids()
-        .into_iter()
-        .map(|(name, pid)| Ok((name, procs::rss_kib(pid)?)))
-        .collect::<Result<_>>()?;
+    let during = rss_of(p)?;
     client::call(target, &target.to_string(), Method::POST, "/release").await?;
     let mut reading = JoinSet::new();
     for mut s in streams {
@@ -175,4 +167,12 @@ pub async fn in_flight(p: &PathUnderTest, target: SocketAddr, n: usize) -> Resul
         during_kib: during,
         answered,
     })
+}
+
+/// RSS of each process of `p`, KiB.
+fn rss_of(p: &PathUnderTest) -> Result<Vec<(String, u64)>> {
+    p.pids()
+        .into_iter()
+        .map(|(name, pid)| Ok((name, procs::rss_kib(pid)?)))
+        .collect()
 }

@@ -230,28 +230,14 @@ impl PortholeBins {
         inspect: Option<&str>,
         extra: &[&str],
     ) -> Result<Proc> {
-        let mut cmd = Command::new(&self.client);
-        cmd.arg("http")
-            .arg(target.to_string())
-            .arg("--relay")
-            .arg(relay.tunnel.to_string())
-            .arg("--token")
-            .arg(&relay.token)
-            .arg("--relay-pin")
-            .arg(&relay.pin)
-            .arg("--name")
+        // History and the delivered set in the bench's own scratch dir, never the
+        // user's (a big delivered set would skew start-up time and memory).
+        let mut cmd = self.client_command(relay, target, &self.work);
+        cmd.arg("--name")
             .arg(name)
             .arg("--inspect")
             .arg(inspect.unwrap_or("off"))
-            .arg("--json")
-            // History and the delivered set in the bench's own scratch dir, never the
-            // user's (a big delivered set would skew start-up time and memory).
-            .env("PORTHOLE_DATA_DIR", &self.work)
-            .env("RUST_LOG", "warn");
-        if self.client_has_quiet {
-            cmd.arg("--quiet");
-        }
-        cmd.args(extra);
+            .args(extra);
         Proc::spawn(&format!("porthole http ({name})"), cmd, &self.work)
     }
 
@@ -264,6 +250,14 @@ impl PortholeBins {
         label: &str,
         data: &Path,
     ) -> Result<Proc> {
+        let mut cmd = self.client_command(relay, target, data);
+        cmd.args(["--inspect", "off"]);
+        Proc::spawn(label, cmd, &self.work)
+    }
+
+    /// `porthole http` for `target` through `relay`, with JSON events (and `--quiet`
+    /// when supported) and its data directory in `data`.
+    fn client_command(&self, relay: &RelayInfo, target: SocketAddr, data: &Path) -> Command {
         let mut cmd = Command::new(&self.client);
         cmd.arg("http")
             .arg(target.to_string())
@@ -273,13 +267,13 @@ impl PortholeBins {
             .arg(&relay.token)
             .arg("--relay-pin")
             .arg(&relay.pin)
-            .args(["--inspect", "off", "--json"])
+            .arg("--json")
             .env("PORTHOLE_DATA_DIR", data)
             .env("RUST_LOG", "warn");
         if self.client_has_quiet {
             cmd.arg("--quiet");
         }
-        Proc::spawn(label, cmd, &self.work)
+        cmd
     }
 }
 
@@ -346,17 +340,16 @@ pub async fn porthole_queue(
     info: &RelayInfo,
     target: SocketAddr,
 ) -> Result<PathUnderTest> {
-    let mut client =
+    let client =
         bins.spawn_client_with(info, target, "bench-queue", None, &["--delivery", "queue"])?;
-    let ready = wait_ready(&mut client, READY_TIMEOUT).await?;
-    client.name = "porthole (queue)".into();
-    Ok(PathUnderTest {
-        name: "porthole-queue".into(),
-        addr: info.http,
-        host: ready.host,
-        procs: vec![client],
-        shared: Vec::new(),
-    })
+    second_client(
+        info,
+        client,
+        "porthole (queue)",
+        "porthole-queue",
+        Vec::new(),
+    )
+    .await
 }
 
 /// A second passthrough client on the same relay with the inspector on (history in the
@@ -369,15 +362,35 @@ pub async fn porthole_inspect(
     target: SocketAddr,
 ) -> Result<PathUnderTest> {
     // Not `bench-inspect`: the idle-RSS probe uses that name and would take it over.
-    let mut client = bins.spawn_client(info, target, "bench-inspector", Some("127.0.0.1:0"))?;
+    let client = bins.spawn_client(info, target, "bench-inspector", Some("127.0.0.1:0"))?;
+    let relay = vec![("porthole-relay".into(), relay_pid)];
+    second_client(
+        info,
+        client,
+        "porthole (inspect)",
+        "porthole+inspect",
+        relay,
+    )
+    .await
+}
+
+/// Waits for a further client on the relay of `info` and makes it a path: its process
+/// is labelled `label`, the row `name`; `shared` are processes charged to it too.
+async fn second_client(
+    info: &RelayInfo,
+    mut client: Proc,
+    label: &str,
+    name: &str,
+    shared: Vec<(String, u32)>,
+) -> Result<PathUnderTest> {
     let ready = wait_ready(&mut client, READY_TIMEOUT).await?;
-    client.name = "porthole (inspect)".into();
+    client.name = label.into();
     Ok(PathUnderTest {
-        name: "porthole+inspect".into(),
+        name: name.into(),
         addr: info.http,
         host: ready.host,
         procs: vec![client],
-        shared: vec![("porthole-relay".into(), relay_pid)],
+        shared,
     })
 }
 

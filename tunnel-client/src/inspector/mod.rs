@@ -622,14 +622,14 @@ impl Writer {
                 n += 1;
             }
             let (chunk, tail) = rest.split_at(n);
-            self.write_chunk(chunk);
+            self.write_chunk(chunk, bytes);
             rest = tail;
         }
     }
 
-    fn write_chunk(&mut self, chunk: &[(Arc<Exchange>, u64)]) {
+    /// Stores `chunk` (`bytes` captured bytes in all) in one transaction.
+    fn write_chunk(&mut self, chunk: &[(Arc<Exchange>, u64)], bytes: u64) {
         let stored = self.store.insert_all(chunk.iter().map(|(e, _)| &**e));
-        let bytes: u64 = chunk.iter().map(|(_, size)| size).sum();
         self.shared.lock().bytes -= bytes;
         if let Err(err) = stored {
             tracing::warn!(error = format!("{err:#}"), "storing exchanges failed");
