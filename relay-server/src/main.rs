@@ -208,18 +208,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The relay's runtime: `threads` workers (default: one per core); 1 means a
-/// single-threaded runtime, which has the lowest latency on small machines.
+/// The relay's runtime: `threads` workers, by default half the cores (at least one);
+/// one worker is a single-threaded runtime.
+///
+/// Half, because the kernel's network stack does about as much work per exchange as
+/// the relay (TCP toward visitors, UDP toward clients), and because workers that wake
+/// each other cost more than they add on a small machine: on 2 cores, one worker served
+/// 4 KiB webhooks at c=64 faster than two (25,000 req/s against 22,000) at 19 µs of CPU
+/// each instead of 31, and moved 100 MiB bodies as fast or faster. `--threads` sets it.
 fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    });
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
             .enable_all()
-            .build(),
-        None => tokio::runtime::Runtime::new(),
+            .build()
     }
 }
 
