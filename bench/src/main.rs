@@ -497,21 +497,28 @@ async fn run(args: Args) -> Result<()> {
         paths[i].check_alive()?;
     }
 
-    // Memory with many requests in flight; before queue mode, whose backlog would still
-    // be draining.
-    if porthole_ctx.is_some() {
+    // Memory with many requests in flight, on a fresh relay and client: after the load
+    // above, their allocators would serve the held requests from memory kept from it.
+    // Before queue mode, whose backlog would still be draining.
+    if let Some((bins, _)) = &porthole_ctx {
         let n = args
             .in_flight
             .unwrap_or(if cfg.quick { 1000 } else { 10_000 });
         if n > 0 {
-            log(format!("{n} requests in flight"));
-            match memory::in_flight(&paths[1], target_addr, n).await {
+            log(format!("{n} requests in flight (fresh relay and client)"));
+            let measured = async {
+                let (mut fresh, _) = paths::porthole(bins, target_addr).await?;
+                let m = memory::in_flight(&fresh, target_addr, n).await;
+                fresh.check_alive()?;
+                fresh.stop().await;
+                m
+            };
+            match measured.await {
                 Ok(m) => report.in_flight = Some(m),
                 Err(e) => report
                     .notes
                     .push(format!("in-flight memory not measured: {e:#}")),
             }
-            paths[1].check_alive()?;
         }
     }
 

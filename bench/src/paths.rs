@@ -154,7 +154,15 @@ impl PortholeBins {
     /// Creates a token and the certificate, starts `porthole-relay serve` on ephemeral
     /// ports and waits for its `listening` event.
     pub async fn start_relay(&self) -> Result<Relay> {
-        let data = self.work.join("relay-data");
+        // A data dir of its own for each relay started (the in-flight scenario starts a
+        // fresh one next to the main relay).
+        let data = (1..)
+            .map(|i| match i {
+                1 => self.work.join("relay-data"),
+                i => self.work.join(format!("relay-data-{i}")),
+            })
+            .find(|d| !d.exists())
+            .expect("an unused directory name");
         std::fs::create_dir_all(&data)?;
         let mut cmd = Command::new(&self.relay);
         cmd.args(["token", "add", "bench", "--data-dir"]).arg(&data);

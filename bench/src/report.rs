@@ -407,7 +407,7 @@ pub fn table(r: &Report) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{} requests in flight (target held {}, {} answered 200 once released): RSS {} (before: {}); per request: {}",
+            "{} requests in flight on a fresh relay and client (target held {}, {} answered 200 once released): RSS {} (before: {}); per request: {}",
             m.requests,
             m.held,
             m.answered,
