@@ -208,27 +208,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The relay's runtime: `threads` workers, by default half the cores (at least one);
-/// one worker is a single-threaded runtime.
+/// The relay's runtime: `threads` workers (default: one per core); 1 means a
+/// single-threaded runtime.
 ///
-/// Half, because the kernel's network stack does about as much work per exchange as
-/// the relay (TCP toward visitors, UDP toward clients), and because workers that wake
-/// each other cost more than they add on a small machine: on 2 cores, one worker served
-/// 4 KiB webhooks at c=64 faster than two (25,000 req/s against 22,000) at 19 µs of CPU
-/// each instead of 31, and moved 100 MiB bodies as fast or faster. `--threads` sets it.
+/// On a 2-core machine one worker costs less CPU per exchange (19 µs against 31 at
+/// c=64 with a one-thread target), but the relay then gets less of a contended machine:
+/// with the bench's two-thread target, two workers served 10-20% more requests/s at
+/// the same CPU per request. So the default stays one per core; `--threads 1` suits a
+/// relay that shares a small machine with other busy processes.
 fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-    });
-    if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
+    match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
             .enable_all()
-            .build()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
     }
 }
 
