@@ -275,6 +275,9 @@ pub fn framed_body(first: Bytes, recv: RecvStream) -> TunnelBody {
                     let frame = match chunk {
                         BodyChunk::Data(b) => BodyFrame::data(b),
                         BodyChunk::Trailers(fields) => {
+                            // The trailers end the body: take the FIN if it is here
+                            // already, so dropping the stream draws no STOP_SENDING.
+                            let _ = recv.read_chunk(usize::MAX, true).now_or_never();
                             st.recv = None;
                             BodyFrame::trailers(header_map(fields))
                         }
@@ -628,17 +631,52 @@ mod tests {
         }
         assert_eq!(got, b"{\"ok\":true}");
         drop(body);
+        assert_no_stop_sending(&conn, &relay_side).await;
+    }
 
-        // One more exchange, so that anything the drop queued has been sent by now.
-        let (mut send2, _recv2) = conn.open_bi().await.unwrap();
-        send2.write_all(b"next").await.unwrap();
-        send2.finish().unwrap();
-        let (_relay_send2, mut recv2) = relay_side.accept_bi().await.unwrap();
-        assert_eq!(recv2.read_to_end(16).await.unwrap(), b"next");
+    /// Asserts that the relay side has sent no STOP_SENDING, after one more exchange so
+    /// that anything a dropped stream queued has gone out by then.
+    async fn assert_no_stop_sending(conn: &quinn::Connection, relay_side: &quinn::Connection) {
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"next").await.unwrap();
+        send.finish().unwrap();
+        let (_relay_send, mut recv) = relay_side.accept_bi().await.unwrap();
+        assert_eq!(recv.read_to_end(16).await.unwrap(), b"next");
         assert_eq!(
             relay_side.stats().frame_tx.stop_sending,
             0,
-            "the stream was stopped instead of read to its end"
+            "a stream was stopped instead of read to its end"
         );
+    }
+
+    /// The same for a framed body (gRPC): its trailers frame ends it.
+    #[tokio::test]
+    async fn a_framed_body_taken_to_its_trailers_counts_as_read_to_the_end() {
+        let (_client, conn, relay_side) = connected().await;
+        let mut bytes = BytesMut::new();
+        for chunk in [
+            BodyChunk::Data(Bytes::from_static(b"reply")),
+            BodyChunk::Trailers(vec![shared_proto::Header::new("grpc-status", "0")]),
+        ] {
+            bytes.extend_from_slice(&encode_head(&chunk).unwrap());
+        }
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+
+        let (_relay_send, recv) = relay_side.accept_bi().await.unwrap();
+        let mut body = framed_body(Bytes::new(), recv);
+        let data = body.frame().await.unwrap().unwrap();
+        assert_eq!(data.into_data().unwrap(), "reply");
+        let trailers = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        drop(body);
+        assert_no_stop_sending(&conn, &relay_side).await;
     }
 }
