@@ -79,43 +79,53 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let relay = relay.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => {
-                    let v = VisitorConn {
-                        peer,
-                        scheme: Scheme::Http,
-                        sni: None,
-                    };
-                    serve_conn(relay, TokioIo::new(stream), v).await;
-                }
-                Some(acceptor) => {
-                    let timeout = relay.cfg.header_timeout;
-                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            debug!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    if stream.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
-                        // A TLS-ALPN-01 validation: the handshake was the whole answer.
-                        return;
-                    }
-                    let sni = stream.get_ref().1.server_name().map(str::to_owned);
-                    let v = VisitorConn {
-                        peer,
-                        scheme: Scheme::Https,
-                        sni,
-                    };
-                    serve_conn(relay, TokioIo::new(stream), v).await;
-                }
+        // One task per connection, spawned per kind: a task is as large as its biggest
+        // state, and a plain connection should not carry the TLS handshake's (2 KiB
+        // more per connection, which a held request keeps for its whole life).
+        match &tls {
+            None => {
+                let v = VisitorConn {
+                    peer,
+                    scheme: Scheme::Http,
+                    sni: None,
+                };
+                tokio::spawn(serve_conn(relay, TokioIo::new(stream), v));
             }
-        });
+            Some(acceptor) => {
+                tokio::spawn(serve_tls(relay, acceptor.clone(), stream, peer));
+            }
+        }
     }
+}
+
+/// A visitor's HTTPS connection: the TLS handshake (bounded by the header timeout),
+/// then HTTP as on a plain one.
+async fn serve_tls(
+    relay: Arc<Relay>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let timeout = relay.cfg.header_timeout;
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the whole answer.
+        return;
+    }
+    let sni = stream.get_ref().1.server_name().map(str::to_owned);
+    let v = VisitorConn {
+        peer,
+        scheme: Scheme::Https,
+        sni,
+    };
+    serve_conn(relay, TokioIo::new(stream), v).await;
 }
 
 async fn serve_conn<I>(relay: Arc<Relay>, io: I, visitor: VisitorConn)
@@ -276,8 +286,11 @@ async fn route(
                     return too_many(relay, over, &name);
                 }
             }
-            return crate::queue::accept(relay, &name, req, visitor.peer, visitor.scheme, &host)
-                .await;
+            // Boxed, like the other rare paths: the exchange's future is as large as its
+            // largest state, and every request in flight keeps one.
+            let accept =
+                crate::queue::accept(relay, &name, req, visitor.peer, visitor.scheme, &host);
+            return Box::pin(accept).await;
         }
     }
     let Some(route) = route else {
@@ -357,7 +370,7 @@ async fn route(
     // An operator signature rule for this name: the body is read (up to a cap) and
     // checked before anything crosses the tunnel.
     let body: VisitorBody = match relay.cfg.verify.get(&name) {
-        Some(verifiers) => match check_signature(verifiers, &parts, body).await {
+        Some(verifiers) => match Box::pin(check_signature(verifiers, &parts, body)).await {
             Ok(bytes) => Full::new(bytes)
                 .map_err(|never| match never {})
                 .boxed_unsync(),
@@ -693,7 +706,7 @@ async fn exchange(
     let mut send = GuardedSend::new(send);
     send.write(encode_head(&head)?).await?;
     if let Some(on) = upgrade {
-        return exchange_upgrade(on, send, recv).await;
+        return Box::pin(exchange_upgrade(on, send, recv)).await;
     }
 
     // The request body is pumped concurrently with waiting for the response head: a

@@ -412,7 +412,9 @@ impl Forwarder {
                     send.reset(codes::RESET_FAILED);
                     return;
                 };
-                carry_tcp(&target, first, send, recv).await;
+                // Boxed, like the other rare paths: an exchange's task is as large as
+                // its largest state, and every in-flight request keeps one.
+                Box::pin(carry_tcp(&target, first, send, recv)).await;
             }
         }
     }
@@ -496,10 +498,9 @@ impl Forwarder {
                 .map_err(|never| match never {})
                 .boxed_unsync()
         } else if rules.verifies() && rules.enforce {
-            let refusal = match Limited::new(recv_body(first, recv), signatures::VERIFY_BODY_CAP)
-                .collect()
-                .await
-            {
+            let collect =
+                Limited::new(recv_body(first, recv), signatures::VERIFY_BODY_CAP).collect();
+            let refusal = match Box::pin(collect).await {
                 Ok(collected) => {
                     let bytes = collected.to_bytes();
                     req_tap
@@ -548,7 +549,7 @@ impl Forwarder {
             match refusal {
                 Ok(body) => body,
                 Err((status, kind, text)) => {
-                    let response = answer_locally(send, status, kind, text.clone()).await;
+                    let response = Box::pin(answer_locally(send, status, kind, text.clone())).await;
                     if self.sinks.is_empty() {
                         return;
                     }
@@ -641,7 +642,7 @@ impl Forwarder {
                 let outcome = match encode_head(&resp_head) {
                     Ok(bytes) => match (send.write(bytes).await, upgraded) {
                         (Ok(()), Some((on, (first, recv)))) => {
-                            carry_upgraded(on, first, send, recv).await
+                            Box::pin(carry_upgraded(on, first, send, recv)).await
                         }
                         (Ok(()), None) => {
                             let pumped = if wants_trailers {
