@@ -113,6 +113,12 @@ impl TransportTuning {
         let mut ack = quinn::AckFrequencyConfig::default();
         ack.ack_eliciting_threshold(VarInt::from_u32(self.ack_threshold));
         t.ack_frequency_config(Some(ack));
+        // Streams of one priority are sent in the order they were written, not round
+        // robin: an exchange's head and body leave together instead of being interleaved
+        // with 63 others' (bench, c=64: 5% less CPU per request). A bulk body drops to a
+        // lower priority after BULK_AFTER, so it cannot hold small exchanges back; two
+        // concurrent 500 MB downloads through one tunnel still finished together.
+        t.send_fairness(false);
         // The idle timeout fits quinn's VarInt range (checked in tests for the default).
         if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
             t.max_idle_timeout(Some(idle));
