@@ -443,12 +443,16 @@ impl GuardedSend {
 
     /// Finishes the stream and waits (at most `limit`) until the peer has acknowledged
     /// every byte: closing a connection right after `finish` would discard data still
-    /// in flight, so a draining side waits here first.
-    pub async fn finish_delivered(mut self, limit: std::time::Duration) {
+    /// in flight, so a draining side waits here first. Answers when the stream was
+    /// finished: the acknowledgement may come up to the peer's max_ack_delay (25 ms)
+    /// later, which is not part of how long the exchange took.
+    pub async fn finish_delivered(mut self, limit: std::time::Duration) -> std::time::Instant {
+        let finished = std::time::Instant::now();
         if let Some(mut s) = self.inner.take() {
             let _ = s.finish();
             let _ = tokio::time::timeout(limit, s.stopped()).await;
         }
+        finished
     }
 
     /// Resets the stream with `code`.

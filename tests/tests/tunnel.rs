@@ -79,6 +79,35 @@ async fn get_and_post_round_trip_exact_headers_and_bodies() {
     }
 }
 
+/// The duration a client reports for an exchange ends when the response's last byte
+/// leaves for the relay, not when the relay acknowledges it (which QUIC may delay by
+/// 25 ms): so it always fits within what the visitor saw from its side.
+#[tokio::test]
+async fn a_reported_duration_fits_within_what_the_visitor_saw() {
+    let (relay, _target, mut client, _) = setup(&[]).await;
+    let mut conn = connect(relay.http).await.unwrap();
+    let host = client.host();
+    for _ in 0..5 {
+        let sent = Instant::now();
+        let a = send(&mut conn, &host, "POST", "/hook", &[], Bytes::from("{}"))
+            .await
+            .unwrap();
+        let seen_ms = sent.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(a.status, 200);
+        let ev = client
+            .proc
+            .event("request", Duration::from_secs(10))
+            .await
+            .unwrap();
+        let reported_ms = ev["duration_ms"].as_f64().unwrap();
+        // The report is rounded to 0.1 ms.
+        assert!(
+            reported_ms <= seen_ms + 0.05,
+            "the client reported {reported_ms} ms for an exchange the visitor saw take {seen_ms:.1} ms"
+        );
+    }
+}
+
 #[tokio::test]
 async fn sixty_four_mib_streams_both_ways() {
     let (relay, target, client, _) = setup(&[]).await;

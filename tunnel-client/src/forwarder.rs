@@ -549,7 +549,8 @@ impl Forwarder {
             match refusal {
                 Ok(body) => body,
                 Err((status, kind, text)) => {
-                    let response = Box::pin(answer_locally(send, status, kind, text.clone())).await;
+                    let (response, finished) =
+                        Box::pin(answer_locally(send, status, kind, text.clone())).await;
                     if self.sinks.is_empty() {
                         return;
                     }
@@ -565,7 +566,7 @@ impl Forwarder {
                         target: tunnel.target.to_string(),
                         started_at,
                         time_to_head: None,
-                        duration: started.elapsed(),
+                        duration: finished.map_or_else(|| started.elapsed(), |t| t - started),
                         visitor,
                         request: CapturedRequest {
                             method,
@@ -609,6 +610,9 @@ impl Forwarder {
             )
             .await;
         let time_to_head = started.elapsed();
+        // When the response's last byte went to the relay; the exchange's duration ends
+        // there, not when the relay's acknowledgement of it arrives.
+        let mut finished = None;
 
         let (response, outcome) = match result {
             Ok(mut resp) => {
@@ -654,7 +658,7 @@ impl Forwarder {
                                 Ok((_, send)) => {
                                     // Held until the relay has every byte, so a shutdown
                                     // waiting on this exchange never cuts its tail off.
-                                    send.finish_delivered(DELIVERY_WAIT).await;
+                                    finished = Some(send.finish_delivered(DELIVERY_WAIT).await);
                                     Outcome::Completed
                                 }
                                 Err(e) => Outcome::Cancelled(describe_stream_error(&e)),
@@ -698,7 +702,7 @@ impl Forwarder {
                 let body = Bytes::from(text);
                 if let Ok(h) = encode_head(&resp_head) {
                     if send.write(h).await.is_ok() && send.write(body.clone()).await.is_ok() {
-                        send.finish_delivered(DELIVERY_WAIT).await;
+                        finished = Some(send.finish_delivered(DELIVERY_WAIT).await);
                     }
                 }
                 let response = CapturedResponse {
@@ -767,7 +771,7 @@ impl Forwarder {
             target: tunnel.target.to_string(),
             started_at,
             time_to_head: Some(time_to_head),
-            duration: started.elapsed(),
+            duration: finished.map_or_else(|| started.elapsed(), |t| t - started),
             visitor,
             request: CapturedRequest {
                 method,
@@ -889,13 +893,13 @@ async fn carry_upgraded(
 }
 
 /// Answers the relay with the client's own short plain-text response (401, 413) and
-/// answers what was sent, for the record.
+/// answers what was sent, for the record, and when its last byte went.
 async fn answer_locally(
     mut send: GuardedSend,
     status: u16,
     kind: &'static str,
     text: String,
-) -> CapturedResponse {
+) -> (CapturedResponse, Option<Instant>) {
     let body = Bytes::from(format!("{text}\n"));
     let resp_head = ResponseHead {
         status,
@@ -906,12 +910,13 @@ async fn answer_locally(
         ],
         framed: false,
     };
+    let mut finished = None;
     if let Ok(h) = encode_head(&resp_head) {
         if send.write(h).await.is_ok() && send.write(body.clone()).await.is_ok() {
-            send.finish_delivered(DELIVERY_WAIT).await;
+            finished = Some(send.finish_delivered(DELIVERY_WAIT).await);
         }
     }
-    CapturedResponse {
+    let response = CapturedResponse {
         status,
         headers: resp_head
             .headers
@@ -923,7 +928,8 @@ async fn answer_locally(
             bytes: body,
             truncated: false,
         },
-    }
+    };
+    (response, finished)
 }
 
 /// A request the relay refused, as its notice describes it.
