@@ -441,24 +441,37 @@ impl GuardedSend {
         }
     }
 
-    /// Finishes the stream and waits (at most `limit`) until the peer has acknowledged
-    /// every byte: closing a connection right after `finish` would discard data still
-    /// in flight, so a draining side waits here first. Answers when the stream was
-    /// finished: the acknowledgement may come up to the peer's max_ack_delay (25 ms)
-    /// later, which is not part of how long the exchange took.
-    pub async fn finish_delivered(mut self, limit: std::time::Duration) -> std::time::Instant {
-        let finished = std::time::Instant::now();
-        if let Some(mut s) = self.inner.take() {
+    /// Finishes the stream and hands back what is needed to wait until the peer has
+    /// acknowledged every byte ([`Delivery::wait`]).
+    pub fn finish_tracked(mut self) -> Delivery {
+        let mut s = self.inner.take();
+        if let Some(s) = s.as_mut() {
             let _ = s.finish();
-            let _ = tokio::time::timeout(limit, s.stopped()).await;
         }
-        finished
+        Delivery(s)
     }
 
     /// Resets the stream with `code`.
     pub fn reset(mut self, code: u32) {
         if let Some(mut s) = self.inner.take() {
             let _ = s.reset(VarInt::from_u32(code));
+        }
+    }
+}
+
+/// A finished stream whose delivery can be awaited.
+#[derive(Debug)]
+pub struct Delivery(Option<SendStream>);
+
+impl Delivery {
+    /// Waits (at most `limit`) until the peer has acknowledged every byte: closing a
+    /// connection right after `finish` would discard data still in flight, so a
+    /// draining side waits here first. The acknowledgement may come up to the peer's
+    /// max_ack_delay (25 ms) after the last byte, so nothing a user sees (a recorded
+    /// exchange, its duration) should wait for it.
+    pub async fn wait(self, limit: std::time::Duration) {
+        if let Some(s) = self.0 {
+            let _ = tokio::time::timeout(limit, s.stopped()).await;
         }
     }
 }

@@ -449,7 +449,7 @@ impl Forwarder {
                 };
                 if let Ok(h) = encode_head(&head) {
                     if send.write(h).await.is_ok() {
-                        send.finish_delivered(DELIVERY_WAIT).await;
+                        send.finish_tracked().wait(DELIVERY_WAIT).await;
                     }
                 }
                 return;
@@ -549,35 +549,37 @@ impl Forwarder {
             match refusal {
                 Ok(body) => body,
                 Err((status, kind, text)) => {
-                    let (response, finished) =
+                    let (response, delivery) =
                         Box::pin(answer_locally(send, status, kind, text.clone())).await;
-                    if self.sinks.is_empty() {
-                        return;
+                    if !self.sinks.is_empty() {
+                        let request_body = std::mem::replace(
+                            &mut *req_tap.lock().unwrap_or_else(|p| p.into_inner()),
+                            BodyTap::new(0),
+                        )
+                        .finish();
+                        self.sinks.record(Exchange {
+                            id,
+                            replay_of: None,
+                            tunnel: tunnel.name,
+                            target: tunnel.target.to_string(),
+                            started_at,
+                            time_to_head: None,
+                            duration: started.elapsed(),
+                            visitor,
+                            request: CapturedRequest {
+                                method,
+                                uri,
+                                headers: captured_headers,
+                                body: request_body,
+                            },
+                            response: Some(response),
+                            outcome: Outcome::Rejected(text),
+                            signature,
+                        });
                     }
-                    let request_body = std::mem::replace(
-                        &mut *req_tap.lock().unwrap_or_else(|p| p.into_inner()),
-                        BodyTap::new(0),
-                    )
-                    .finish();
-                    self.sinks.record(Exchange {
-                        id,
-                        replay_of: None,
-                        tunnel: tunnel.name,
-                        target: tunnel.target.to_string(),
-                        started_at,
-                        time_to_head: None,
-                        duration: finished.map_or_else(|| started.elapsed(), |t| t - started),
-                        visitor,
-                        request: CapturedRequest {
-                            method,
-                            uri,
-                            headers: captured_headers,
-                            body: request_body,
-                        },
-                        response: Some(response),
-                        outcome: Outcome::Rejected(text),
-                        signature,
-                    });
+                    if let Some(d) = delivery {
+                        d.wait(DELIVERY_WAIT).await;
+                    }
                     return;
                 }
             }
@@ -613,6 +615,8 @@ impl Forwarder {
         // When the response's last byte went to the relay; the exchange's duration ends
         // there, not when the relay's acknowledgement of it arrives.
         let mut finished = None;
+        // Waited for after the exchange is recorded (see `Delivery::wait`).
+        let mut delivery = None;
 
         let (response, outcome) = match result {
             Ok(mut resp) => {
@@ -658,7 +662,8 @@ impl Forwarder {
                                 Ok((_, send)) => {
                                     // Held until the relay has every byte, so a shutdown
                                     // waiting on this exchange never cuts its tail off.
-                                    finished = Some(send.finish_delivered(DELIVERY_WAIT).await);
+                                    delivery = Some(send.finish_tracked());
+                                    finished = Some(Instant::now());
                                     Outcome::Completed
                                 }
                                 Err(e) => Outcome::Cancelled(describe_stream_error(&e)),
@@ -702,7 +707,8 @@ impl Forwarder {
                 let body = Bytes::from(text);
                 if let Ok(h) = encode_head(&resp_head) {
                     if send.write(h).await.is_ok() && send.write(body.clone()).await.is_ok() {
-                        finished = Some(send.finish_delivered(DELIVERY_WAIT).await);
+                        delivery = Some(send.finish_tracked());
+                        finished = Some(Instant::now());
                     }
                 }
                 let response = CapturedResponse {
@@ -722,68 +728,73 @@ impl Forwarder {
             }
         };
 
-        if self.sinks.is_empty() {
-            return;
-        }
-        let request_body = std::mem::replace(
-            &mut *req_tap.lock().unwrap_or_else(|p| p.into_inner()),
-            BodyTap::new(0),
-        )
-        .finish();
-        if let Some(vtap) = verify_tap {
-            let body = std::mem::replace(
-                &mut *vtap.lock().unwrap_or_else(|p| p.into_inner()),
+        if !self.sinks.is_empty() {
+            let request_body = std::mem::replace(
+                &mut *req_tap.lock().unwrap_or_else(|p| p.into_inner()),
                 BodyTap::new(0),
             )
             .finish();
-            let declared = captured_headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
-            signature = if body.truncated {
-                Some(SignatureCheck::unverifiable(
-                    &rules.verifiers,
-                    format!(
-                        "unverifiable: body over {} bytes",
-                        signatures::VERIFY_BODY_CAP
-                    ),
-                ))
-            } else if declared.is_some_and(|d| d != body.size) {
-                Some(SignatureCheck::unverifiable(
-                    &rules.verifiers,
-                    "unverifiable: the body was not received in full".into(),
-                ))
-            } else {
-                signatures::check(
-                    &rules.verifiers,
-                    &method,
-                    &uri,
-                    &captured_headers,
-                    &body.bytes,
-                    started_at,
+            if let Some(vtap) = verify_tap {
+                let body = std::mem::replace(
+                    &mut *vtap.lock().unwrap_or_else(|p| p.into_inner()),
+                    BodyTap::new(0),
                 )
+                .finish();
+                let declared = captured_headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+                signature = if body.truncated {
+                    Some(SignatureCheck::unverifiable(
+                        &rules.verifiers,
+                        format!(
+                            "unverifiable: body over {} bytes",
+                            signatures::VERIFY_BODY_CAP
+                        ),
+                    ))
+                } else if declared.is_some_and(|d| d != body.size) {
+                    Some(SignatureCheck::unverifiable(
+                        &rules.verifiers,
+                        "unverifiable: the body was not received in full".into(),
+                    ))
+                } else {
+                    signatures::check(
+                        &rules.verifiers,
+                        &method,
+                        &uri,
+                        &captured_headers,
+                        &body.bytes,
+                        started_at,
+                    )
+                };
+            }
+            let exchange = Exchange {
+                id,
+                replay_of: None,
+                tunnel: tunnel.name,
+                target: tunnel.target.to_string(),
+                started_at,
+                time_to_head: Some(time_to_head),
+                duration: finished.map_or_else(|| started.elapsed(), |t| t - started),
+                visitor,
+                request: CapturedRequest {
+                    method,
+                    uri,
+                    headers: captured_headers,
+                    body: request_body,
+                },
+                response,
+                outcome,
+                signature,
             };
+            self.sinks.record(exchange);
         }
-        let exchange = Exchange {
-            id,
-            replay_of: None,
-            tunnel: tunnel.name,
-            target: tunnel.target.to_string(),
-            started_at,
-            time_to_head: Some(time_to_head),
-            duration: finished.map_or_else(|| started.elapsed(), |t| t - started),
-            visitor,
-            request: CapturedRequest {
-                method,
-                uri,
-                headers: captured_headers,
-                body: request_body,
-            },
-            response,
-            outcome,
-            signature,
-        };
-        self.sinks.record(exchange);
+        // Held until the relay has every byte, so a shutdown waiting on this exchange
+        // never cuts its tail off; after the record, which must not wait for the
+        // relay's acknowledgement (up to 25 ms).
+        if let Some(d) = delivery {
+            d.wait(DELIVERY_WAIT).await;
+        }
     }
 
     async fn send_to_target(
@@ -893,13 +904,13 @@ async fn carry_upgraded(
 }
 
 /// Answers the relay with the client's own short plain-text response (401, 413) and
-/// answers what was sent, for the record, and when its last byte went.
+/// answers what was sent, for the record, and its delivery to wait for afterwards.
 async fn answer_locally(
     mut send: GuardedSend,
     status: u16,
     kind: &'static str,
     text: String,
-) -> (CapturedResponse, Option<Instant>) {
+) -> (CapturedResponse, Option<relay_server::quic::Delivery>) {
     let body = Bytes::from(format!("{text}\n"));
     let resp_head = ResponseHead {
         status,
@@ -910,10 +921,10 @@ async fn answer_locally(
         ],
         framed: false,
     };
-    let mut finished = None;
+    let mut delivery = None;
     if let Ok(h) = encode_head(&resp_head) {
         if send.write(h).await.is_ok() && send.write(body.clone()).await.is_ok() {
-            finished = Some(send.finish_delivered(DELIVERY_WAIT).await);
+            delivery = Some(send.finish_tracked());
         }
     }
     let response = CapturedResponse {
@@ -929,7 +940,7 @@ async fn answer_locally(
             truncated: false,
         },
     };
-    (response, finished)
+    (response, delivery)
 }
 
 /// A request the relay refused, as its notice describes it.
