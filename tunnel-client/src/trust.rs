@@ -3,7 +3,7 @@
 //! signature, so a relay must hold the private key it claims; there is no
 //! skip-verification mode.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -43,28 +43,17 @@ pub fn client_config(trust: &Trust) -> anyhow::Result<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let mut cfg = match trust {
-        Trust::Pin(pin) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                pin: parse_pin(pin)?,
-                algorithms: provider.signature_verification_algorithms,
-            }))
-            .with_no_client_auth(),
-        Trust::CaFile(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading relay CA file {}", path.display()))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut &pem[..]) {
-                let cert = cert.with_context(|| format!("parsing {}", path.display()))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("adding CA from {}", path.display()))?;
-            }
-            if roots.is_empty() {
-                bail!("no certificate found in {}", path.display());
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+        Trust::Pin(pin) => {
+            let pin = parse_pin(pin)?;
+            let check = move |cert: &CertificateDer<'_>| check_pin(cert, &pin);
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(KeyHolder::new(check, &provider)))
+                .with_no_client_auth()
         }
+        Trust::CaFile(path) => builder
+            .with_root_certificates(roots_from_pem(path, "relay")?)
+            .with_no_client_auth(),
         Trust::SystemRoots => {
             let mut roots = rustls::RootCertStore::empty();
             roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -75,15 +64,51 @@ pub fn client_config(trust: &Trust) -> anyhow::Result<rustls::ClientConfig> {
     Ok(cfg)
 }
 
-/// Accepts exactly the relay whose public key hashes to the pin, and checks that the
-/// handshake was signed by that key.
-#[derive(Debug)]
-struct PinVerifier {
-    pin: String,
+/// Accepts exactly the relay whose public key hashes to `pin`.
+fn check_pin(end_entity: &CertificateDer<'_>, pin: &str) -> Result<(), rustls::Error> {
+    let got = relay_server::tls::spki_pin(end_entity)
+        .map_err(|e| rustls::Error::General(format!("relay certificate: {e}")))?;
+    if got == pin {
+        Ok(())
+    } else {
+        Err(rustls::Error::General(format!(
+            "the relay's certificate pin is {got}, not the expected {pin}: refusing to connect (wrong relay, or its key changed)"
+        )))
+    }
+}
+
+/// A certificate verifier that judges the server's certificate by `check` alone (no
+/// chain to a root), and still verifies the handshake signature against that
+/// certificate's key: the server must hold the private key it presents. Used for the
+/// relay's pin and for `--target-insecure`.
+pub(crate) struct KeyHolder<F> {
+    check: F,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for PinVerifier {
+impl<F> KeyHolder<F>
+where
+    F: Fn(&CertificateDer<'_>) -> Result<(), rustls::Error> + Send + Sync,
+{
+    /// A verifier with `check`, verifying signatures with `provider`'s algorithms.
+    pub(crate) fn new(check: F, provider: &CryptoProvider) -> Self {
+        Self {
+            check,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for KeyHolder<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyHolder").finish_non_exhaustive()
+    }
+}
+
+impl<F> ServerCertVerifier for KeyHolder<F>
+where
+    F: Fn(&CertificateDer<'_>) -> Result<(), rustls::Error> + Send + Sync,
+{
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -92,16 +117,7 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = relay_server::tls::spki_pin(end_entity)
-            .map_err(|e| rustls::Error::General(format!("relay certificate: {e}")))?;
-        if got == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the relay's certificate pin is {got}, not the expected {}: refusing to connect (wrong relay, or its key changed)",
-                self.pin
-            )))
-        }
+        (self.check)(end_entity).map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -125,6 +141,24 @@ impl ServerCertVerifier for PinVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// The CA certificates in the PEM file at `path` (`what`'s CA: "relay", "target"), as
+/// roots; a file without any is an error.
+pub(crate) fn roots_from_pem(path: &Path, what: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("reading {what} CA file {}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        let cert = cert.with_context(|| format!("parsing {}", path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("adding CA from {}", path.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("no certificate found in {}", path.display());
+    }
+    Ok(roots)
 }
 
 /// Whether a connection error is a certificate/trust failure (not worth retrying).
