@@ -391,21 +391,19 @@ async fn route(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let path = path_and_query(&parts.uri);
     let head = StreamHead::Http(RequestHead {
         tunnel_id: route.tunnel_id,
         exchange_id: relay.next_exchange_id(),
         method: parts.method.as_str().to_owned(),
-        uri: path.clone(),
+        uri: path_and_query(&parts.uri),
         headers: to_wire(&parts.headers),
         visitor: Some(visitor.peer),
         scheme: visitor.scheme,
     });
-    // Only the method is needed from here on: the visitor's header map and URI are let
-    // go now instead of living as long as the exchange (0.7 KiB per request in flight).
-    let method = parts.method;
-    drop(parts.headers);
-    drop(parts.uri);
+    // The visitor's header map is let go now instead of living as long as the exchange
+    // (0.7 KiB per request in flight); a refusal after the exchange needs only the
+    // method and URI.
+    drop(std::mem::take(&mut parts.headers));
 
     relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight(relay.clone());
@@ -449,8 +447,8 @@ async fn route(
         Ok(Err(ExchangeError::BodyTooLarge(max))) if tunnel_max == Some(max) => refuse(
             relay,
             &route,
-            &method,
-            &path,
+            &parts.method,
+            &path_and_query(&parts.uri),
             visitor,
             crate::policy::body_too_large(max),
         ),
