@@ -444,11 +444,14 @@ impl GuardedSend {
     /// Finishes the stream and hands back what is needed to wait until the peer has
     /// acknowledged every byte ([`Delivery::wait`]).
     pub fn finish_tracked(mut self) -> Delivery {
-        let mut s = self.inner.take();
-        if let Some(s) = s.as_mut() {
+        let mut stream = self.inner.take();
+        if let Some(s) = stream.as_mut() {
             let _ = s.finish();
         }
-        Delivery(s)
+        Delivery {
+            stream,
+            finished: std::time::Instant::now(),
+        }
     }
 
     /// Resets the stream with `code`.
@@ -461,16 +464,24 @@ impl GuardedSend {
 
 /// A finished stream whose delivery can be awaited.
 #[derive(Debug)]
-pub struct Delivery(Option<SendStream>);
+pub struct Delivery {
+    stream: Option<SendStream>,
+    finished: std::time::Instant,
+}
 
 impl Delivery {
+    /// When the stream was finished: its last byte was handed to QUIC then.
+    pub fn finished_at(&self) -> std::time::Instant {
+        self.finished
+    }
+
     /// Waits (at most `limit`) until the peer has acknowledged every byte: closing a
     /// connection right after `finish` would discard data still in flight, so a
     /// draining side waits here first. The acknowledgement may come up to the peer's
     /// max_ack_delay (25 ms) after the last byte, so nothing a user sees (a recorded
     /// exchange, its duration) should wait for it.
     pub async fn wait(self, limit: std::time::Duration) {
-        if let Some(s) = self.0 {
+        if let Some(s) = self.stream {
             let _ = tokio::time::timeout(limit, s.stopped()).await;
         }
     }
@@ -576,30 +587,19 @@ mod tests {
         let _ = t.transport_config();
     }
 
-    /// A client and a relay-side endpoint connected over loopback.
+    /// A client and a relay-side endpoint connected over loopback, the relay with its
+    /// own self-signed identity.
     async fn connected() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        tls.alpn_protocols = vec![b"test".to_vec()];
+        let dir = tempfile::tempdir().unwrap();
+        let identity = crate::tls::Identity::load_or_create(dir.path(), "localhost").unwrap();
         let tuning = TransportTuning::default();
+        let tls = identity.server_config(&[b"test"]).unwrap();
         let server_cfg = server_config(tls, &tuning).unwrap();
         let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der().clone()).unwrap();
+        roots.add(identity.certs[0].clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()

@@ -612,10 +612,8 @@ impl Forwarder {
             )
             .await;
         let time_to_head = started.elapsed();
-        // When the response's last byte went to the relay; the exchange's duration ends
-        // there, not when the relay's acknowledgement of it arrives.
-        let mut finished = None;
-        // Waited for after the exchange is recorded (see `Delivery::wait`).
+        // The finished response, waited for after the exchange is recorded; the
+        // exchange's duration ends when it was finished (see `Delivery`).
         let mut delivery = None;
 
         let (response, outcome) = match result {
@@ -663,7 +661,6 @@ impl Forwarder {
                                     // Held until the relay has every byte, so a shutdown
                                     // waiting on this exchange never cuts its tail off.
                                     delivery = Some(send.finish_tracked());
-                                    finished = Some(Instant::now());
                                     Outcome::Completed
                                 }
                                 Err(e) => Outcome::Cancelled(describe_stream_error(&e)),
@@ -692,38 +689,12 @@ impl Forwarder {
             }
             Err(reason) => {
                 let text = format!(
-                    "porthole: the target {} is unreachable: {reason}\n",
+                    "porthole: the target {} is unreachable: {reason}",
                     tunnel.target
                 );
-                let resp_head = ResponseHead {
-                    status: 502,
-                    headers: vec![
-                        Header::new("content-type", b"text/plain; charset=utf-8".to_vec()),
-                        Header::new("content-length", text.len().to_string().into_bytes()),
-                        Header::new("x-porthole-error", b"target-unreachable".to_vec()),
-                    ],
-                    framed: false,
-                };
-                let body = Bytes::from(text);
-                if let Ok(h) = encode_head(&resp_head) {
-                    if send.write(h).await.is_ok() && send.write(body.clone()).await.is_ok() {
-                        delivery = Some(send.finish_tracked());
-                        finished = Some(Instant::now());
-                    }
-                }
-                let response = CapturedResponse {
-                    status: 502,
-                    headers: resp_head
-                        .headers
-                        .into_iter()
-                        .map(|h| (h.name, h.value))
-                        .collect(),
-                    body: crate::capture::CapturedBody {
-                        size: body.len() as u64,
-                        bytes: body,
-                        truncated: false,
-                    },
-                };
+                let (response, d) =
+                    Box::pin(answer_locally(send, 502, "target-unreachable", text)).await;
+                delivery = d;
                 (Some(response), Outcome::TargetError(reason))
             }
         };
@@ -775,7 +746,9 @@ impl Forwarder {
                 target: tunnel.target.to_string(),
                 started_at,
                 time_to_head: Some(time_to_head),
-                duration: finished.map_or_else(|| started.elapsed(), |t| t - started),
+                duration: delivery
+                    .as_ref()
+                    .map_or_else(|| started.elapsed(), |d| d.finished_at() - started),
                 visitor,
                 request: CapturedRequest {
                     method,
@@ -903,8 +876,8 @@ async fn carry_upgraded(
     }
 }
 
-/// Answers the relay with the client's own short plain-text response (401, 413) and
-/// answers what was sent, for the record, and its delivery to wait for afterwards.
+/// Answers the relay with the client's own short plain-text response (401, 413, 502)
+/// and answers what was sent, for the record, and its delivery to wait for afterwards.
 async fn answer_locally(
     mut send: GuardedSend,
     status: u16,
