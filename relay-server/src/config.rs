@@ -109,7 +109,7 @@ pub struct ServeArgs {
     /// TCP tunnels off].
     #[arg(long)]
     pub tcp_ports: Option<crate::tcp::PortRange>,
-    /// Worker threads (1 = single-threaded) [default: one per core].
+    /// Worker threads; more than 1 runs a multi-threaded runtime [default: 1].
     #[arg(long)]
     pub threads: Option<usize>,
     /// ACME directory URL: obtain and renew the HTTPS certificate automatically
@@ -286,7 +286,7 @@ pub struct RelayConfig {
     pub idle_timeout: Duration,
     /// Public ports for TCP tunnels (none: TCP tunnels off).
     pub tcp_ports: Option<crate::tcp::PortRange>,
-    /// Runtime worker threads (`None`: one per core).
+    /// Runtime worker threads (`None`: one).
     pub threads: Option<usize>,
     /// ACME, when a directory is configured.
     pub acme: Option<AcmeConfig>,

@@ -208,24 +208,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The relay's runtime: `threads` workers (default: one per core); 1 means a
-/// single-threaded runtime.
+/// The relay's runtime: one thread by default, `threads` workers when asked for.
 ///
-/// On a 2-core machine one worker costs less CPU per exchange (19 µs against 31 at
-/// c=64 with a one-thread target), but the relay then gets less of a contended machine:
-/// with the bench's two-thread target, two workers served 10-20% more requests/s at
-/// the same CPU per request. So the default stays one per core; `--threads 1` suits a
-/// relay that shares a small machine with other busy processes.
+/// Every exchange crosses the tunnel's QUIC connection, which one task drives, so a
+/// second worker mostly adds hand-offs: on a 2-core machine a multi-threaded relay
+/// woke its other worker twice per exchange (futex and eventfd), and one thread cut the
+/// relay's CPU per exchange at c=64 from 21 to 15 µs, c=1 p50 by about 40 µs, at equal
+/// or better requests/s (bench target with two threads, 6 interleaved rounds).
+/// `--threads N` spreads visitor connections and TLS handshakes over N cores, for a
+/// relay whose visitors outgrow one.
 fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
+        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()
             .build(),
-        None => tokio::runtime::Runtime::new(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
     }
 }
 
