@@ -22,6 +22,7 @@
 //! - [`limits`]: per-token limits and failed-auth throttling.
 //! - [`store`]: the durable queue's storage (trait + SQLite).
 //! - [`queue`]: queue and offline modes, redelivery, retries, dead letters.
+//! - [`runtime`]: the tokio runtime both binaries run on.
 //!
 //! [`Relay::run`] takes already-bound listeners and a shutdown future, so tests and the
 //! client's local mode run relays on ephemeral ports. See `docs/internals.md` for the
@@ -41,6 +42,7 @@ pub mod policy;
 pub mod queue;
 pub mod quic;
 pub mod registry;
+pub mod runtime;
 pub mod session;
 pub mod store;
 pub mod tcp;

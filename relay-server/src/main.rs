@@ -159,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { args, json } => {
             let cfg = RelayConfig::resolve(&args)?;
-            let rt = runtime(cfg.threads).context("starting runtime")?;
+            let rt = relay_server::runtime::build(cfg.threads).context("starting runtime")?;
             rt.block_on(serve(cfg, json))
         }
         Command::Token { command } => token(command),
@@ -205,27 +205,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{pin}");
             Ok(())
         }
-    }
-}
-
-/// The relay's runtime: one thread by default, `threads` workers when asked for.
-///
-/// Every exchange crosses the tunnel's QUIC connection, which one task drives, so a
-/// second worker mostly adds hand-offs: on a 2-core machine a multi-threaded relay
-/// woke its other worker twice per exchange (futex and eventfd), and one thread cut the
-/// relay's CPU per exchange at c=64 from 21 to 15 µs, c=1 p50 by about 40 µs, at equal
-/// or better requests/s (bench target with two threads, 6 interleaved rounds).
-/// `--threads N` spreads visitor connections and TLS handshakes over N cores, for a
-/// relay whose visitors outgrow one.
-fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    match threads {
-        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
     }
 }
 

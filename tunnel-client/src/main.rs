@@ -68,22 +68,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// The client's runtime: one thread by default. A tunnel daemon forwards a handful of
-/// exchanges at a time, and one thread avoids the cross-thread wake-ups that cost tens
-/// of microseconds per exchange; `PORTHOLE_THREADS=N` asks for a multi-threaded one.
+/// The client's runtime: one thread by default (see `relay_server::runtime`); a tunnel
+/// daemon forwards a handful of exchanges at a time. `PORTHOLE_THREADS=N` asks for a
+/// multi-threaded one.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    match std::env::var("PORTHOLE_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        Some(n) if n > 1 => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        _ => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-    }
+    relay_server::runtime::build(
+        std::env::var("PORTHOLE_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok()),
+    )
 }
 
 /// Prints a one-line error for the commands that have no JSON event stream.
