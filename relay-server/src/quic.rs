@@ -6,6 +6,7 @@
 //! body is never copied or collected here.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,63 @@ pub const GUARANTEED_STREAMS: u32 = 10_000;
 /// stream the peer may open, allocated up front (about 70 bytes each), so the
 /// client's 10,000 here cost the relay ~700 KiB per idle session.
 pub const CLIENT_OPENED_STREAMS: u32 = 4;
+
+/// Data streams a client first lets the relay open at once; [`StreamAllowance`] raises
+/// the limit as exchanges pile up, up to the default [`TransportTuning::max_streams`].
+pub const INITIAL_STREAMS: u32 = 256;
+
+/// How many data streams the relay may open at once, raised as they are used.
+///
+/// quinn keeps an entry for every stream the peer may open, in hash tables it updates
+/// whenever a stream opens or closes: allowing all 11,430 from the start cost the client
+/// 0.7 MiB at idle. The limit starts at [`INITIAL_STREAMS`] and is quadrupled whenever
+/// half of it is in use, so a burst waits at most a round trip per step (three steps to
+/// the ceiling). It never shrinks.
+#[derive(Debug)]
+pub struct StreamAllowance {
+    conn: quinn::Connection,
+    limit: u32,
+    ceiling: u32,
+    open: Arc<AtomicU32>,
+}
+
+/// One accepted data stream, counted against the allowance until dropped.
+#[derive(Debug)]
+pub struct OpenStream(Arc<AtomicU32>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl StreamAllowance {
+    /// The allowance of a connection whose transport allowed `initial` streams.
+    pub fn new(conn: quinn::Connection, initial: u32, ceiling: u32) -> Self {
+        Self {
+            conn,
+            limit: initial,
+            ceiling,
+            open: Arc::default(),
+        }
+    }
+
+    /// Counts a stream just accepted, raising the limit if half of it is now in use.
+    pub fn opened(&mut self) -> OpenStream {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        if open.saturating_mul(2) >= self.limit && self.limit < self.ceiling {
+            self.limit = self.limit.saturating_mul(4).min(self.ceiling);
+            self.conn
+                .set_max_concurrent_bi_streams(VarInt::from_u32(self.limit));
+        }
+        OpenStream(self.open.clone())
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+}
 
 /// How the QUIC transport is tuned, in one place for both sides: the client uses the
 /// defaults; the relay the same but for [`CLIENT_OPENED_STREAMS`].
@@ -590,6 +648,12 @@ mod tests {
     /// A client and a relay-side endpoint connected over loopback, the relay with its
     /// own self-signed identity.
     async fn connected() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
+        connected_with(TransportTuning::default()).await
+    }
+
+    async fn connected_with(
+        client_tuning: TransportTuning,
+    ) -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
         let dir = tempfile::tempdir().unwrap();
         let identity = crate::tls::Identity::load_or_create(dir.path(), "localhost").unwrap();
         let tuning = TransportTuning::default();
@@ -609,7 +673,7 @@ mod tests {
         let mut client_cfg = quinn::ClientConfig::new(Arc::new(
             quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
         ));
-        client_cfg.transport_config(Arc::new(tuning.transport_config()));
+        client_cfg.transport_config(Arc::new(client_tuning.transport_config()));
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         client.set_default_client_config(client_cfg);
 
@@ -619,6 +683,50 @@ mod tests {
             async { client.connect(addr, "localhost").unwrap().await.unwrap() }
         );
         (client, conn, relay_side)
+    }
+
+    /// A client that starts by allowing few streams still takes every exchange the relay
+    /// opens at once: its allowance grows as they pile up.
+    #[tokio::test]
+    async fn a_growing_allowance_takes_more_streams_than_it_started_with() {
+        let initial = 8;
+        let held = 100;
+        let (_client, conn, relay_side) = connected_with(TransportTuning {
+            max_streams: initial,
+            ..TransportTuning::default()
+        })
+        .await;
+        let accepting = tokio::spawn(async move {
+            let mut allowance = StreamAllowance::new(conn.clone(), initial, 1000);
+            let mut streams = Vec::new();
+            while streams.len() < held {
+                let (send, recv) = conn.accept_bi().await.unwrap();
+                streams.push((send, recv, allowance.opened()));
+            }
+            (allowance.limit(), streams)
+        });
+        // Every stream is held open: without a raised limit the ninth open would wait
+        // forever.
+        let mut opened = Vec::new();
+        for _ in 0..held {
+            let (mut send, recv) =
+                tokio::time::timeout(Duration::from_secs(10), relay_side.open_bi())
+                    .await
+                    .expect("the client's allowance grew in time")
+                    .unwrap();
+            // quinn announces a stream to the peer only when it carries data.
+            send.write_all(b"x").await.unwrap();
+            opened.push((send, recv));
+        }
+        let (limit, streams) = tokio::time::timeout(Duration::from_secs(10), accepting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(streams.len(), held);
+        assert_eq!(
+            limit, 512,
+            "8 -> 32 -> 128 -> 512, each step at half in use"
+        );
     }
 
     /// hyper stops polling a body once its Content-Length is written and drops it; the

@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use quinn::VarInt;
 use rand::Rng;
-use relay_server::quic::{encode_head, FrameReader, TransportTuning};
+use relay_server::quic::{
+    encode_head, FrameReader, StreamAllowance, TransportTuning, INITIAL_STREAMS,
+};
 use shared_proto::{
     codes, ClientMessage, ErrorCode, Secret, ServerMessage, TunnelKind, PROTOCOL_VERSION,
 };
@@ -101,7 +103,13 @@ pub async fn run(
         quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
             .map_err(|e| anyhow!("TLS configuration: {e}"))?,
     ));
-    client_cfg.transport_config(Arc::new(TransportTuning::default().transport_config()));
+    // The relay may open INITIAL_STREAMS data streams at first; each connection's
+    // StreamAllowance raises that as exchanges pile up.
+    let tuning = TransportTuning {
+        max_streams: INITIAL_STREAMS,
+        ..TransportTuning::default()
+    };
+    client_cfg.transport_config(Arc::new(tuning.transport_config()));
 
     let (host, _) = split_host(&cfg.relay)?;
     let mut endpoint: Option<quinn::Endpoint> = None;
@@ -470,10 +478,16 @@ async fn serve(
         let forwarder = forwarder.clone();
         let tracker = tracker.clone();
         tracker.clone().spawn(async move {
+            let ceiling = TransportTuning::default().max_streams;
+            let mut allowance = StreamAllowance::new(conn.clone(), INITIAL_STREAMS, ceiling);
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let f = forwarder.clone();
                 let map = map.clone();
-                tracker.spawn(f.handle_stream(send, recv, map));
+                let open = allowance.opened();
+                tracker.spawn(async move {
+                    f.handle_stream(send, recv, map).await;
+                    drop(open);
+                });
             }
         })
     };
