@@ -140,7 +140,23 @@ async fn sixty_four_mib_streams_both_ways() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_requests_are_all_correct() {
-    let (relay, target, client, _) = setup(&[]).await;
+    two_hundred_concurrent(&[], &[]).await;
+}
+
+/// Both binaries run on one thread unless asked for more (`--threads`,
+/// `PORTHOLE_THREADS`); the multi-threaded runtimes carry the same load.
+#[tokio::test]
+async fn multi_threaded_relay_and_client_carry_two_hundred_concurrent_requests() {
+    two_hundred_concurrent(&["--threads", "2"], &[("PORTHOLE_THREADS", "2")]).await;
+}
+
+async fn two_hundred_concurrent(relay_flags: &[&str], client_env: &[(&str, &str)]) {
+    let relay = Relay::start(relay_flags).await.unwrap();
+    let target = Target::start().await.unwrap();
+    let token = relay.token("dev").unwrap();
+    let client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &[], client_env)
+        .await
+        .unwrap();
     let host = client.host();
     let mut tasks = Vec::new();
     for i in 0..200u32 {
