@@ -221,3 +221,41 @@ async fn a_grpc_style_call_carries_its_trailers_end_to_end() {
         "plain"
     );
 }
+
+/// `porthole http PORT` forwards to localhost:PORT, and an app listening on "localhost"
+/// may have bound ::1 only (Node 17 and later): the client reaches it there too.
+#[tokio::test]
+async fn a_port_target_reaches_an_app_listening_on_ipv6_loopback_only() {
+    let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    };
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(answer))
+                    .await;
+            });
+        }
+    });
+    let relay = Relay::start(&[]).await.unwrap();
+    let token = relay.token("dev").unwrap();
+    let client = Client::start(&relay, &port.to_string(), &token, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        client.ready["target"],
+        format!("http://localhost:{port}").as_str(),
+        "{}",
+        client.ready
+    );
+    for body in ["first", "second"] {
+        let a = request(relay.http, &client.host(), "POST", "/x", &[], body.into())
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{:?}", String::from_utf8_lossy(&a.body));
+        assert_eq!(a.body, body);
+    }
+}

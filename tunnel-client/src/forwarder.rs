@@ -50,7 +50,7 @@ impl Target {
         let s = s.trim().trim_end_matches('/');
         if let Ok(port) = s.parse::<u16>() {
             return Ok(Self {
-                base: format!("http://127.0.0.1:{port}"),
+                base: format!("http://{}:{port}", crate::loopback::LOCALHOST),
             });
         }
         let usage = || {
@@ -88,7 +88,7 @@ impl Target {
         let t = t.strip_prefix("tcp://").unwrap_or(t);
         if let Ok(port) = t.parse::<u16>() {
             return Ok(Self {
-                base: format!("tcp://127.0.0.1:{port}"),
+                base: format!("tcp://{}:{port}", crate::loopback::LOCALHOST),
             });
         }
         let uri: Uri = format!("tcp://{t}")
@@ -141,9 +141,9 @@ pub type TunnelMap = Arc<HashMap<u32, TunnelTarget>>;
 /// Forwards exchanges to targets and records them.
 pub struct Forwarder {
     /// HTTP/1.1 to `http://` targets; ALPN `h2` or HTTP/1.1 to `https://` targets.
-    client: Client<HttpsConnector<HttpConnector>, TunnelBody>,
+    client: Client<HttpsConnector<HttpConnector<crate::loopback::Resolver>>, TunnelBody>,
     /// HTTP/2 by prior knowledge to `http://` targets (`--target-h2`).
-    h2c: Option<Client<HttpConnector, TunnelBody>>,
+    h2c: Option<Client<HttpConnector<crate::loopback::Resolver>, TunnelBody>>,
     sinks: Sinks,
     ids: IdSource,
     body_cap: usize,
@@ -181,7 +181,8 @@ impl Forwarder {
         first_id: u64,
         opts: &TargetOptions,
     ) -> anyhow::Result<Arc<Self>> {
-        let mut http = HttpConnector::new();
+        // `localhost` is both loopback addresses, without a DNS lookup (see loopback).
+        let mut http = HttpConnector::new_with_resolver(crate::loopback::Resolver::new());
         http.set_nodelay(true);
         http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
         http.enforce_http(false);
@@ -833,7 +834,7 @@ async fn carry_tcp(target: &Target, first: Bytes, send: GuardedSend, mut recv: R
     let addr = target.as_str().trim_start_matches("tcp://");
     let connect = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        tokio::net::TcpStream::connect(addr),
+        crate::loopback::connect(addr),
     );
     let stream = match connect.await {
         Ok(Ok(s)) => s,
@@ -1016,7 +1017,7 @@ mod tests {
     fn targets_parse_with_their_schemes() {
         assert_eq!(
             Target::parse("3000").unwrap().as_str(),
-            "http://127.0.0.1:3000"
+            "http://localhost:3000"
         );
         assert_eq!(
             Target::parse("localhost:3000/").unwrap().as_str(),
@@ -1037,7 +1038,7 @@ mod tests {
     #[test]
     fn tcp_targets_parse() {
         let t = Target::parse_tcp("22").unwrap();
-        assert_eq!(t.as_str(), "tcp://127.0.0.1:22");
+        assert_eq!(t.as_str(), "tcp://localhost:22");
         assert!(t.is_tcp() && !t.is_https());
         assert_eq!(
             Target::parse_tcp("db.local:5432").unwrap().as_str(),

@@ -32,6 +32,7 @@ pub mod exit;
 pub mod forwarder;
 pub mod inspector;
 pub mod local;
+pub mod loopback;
 pub mod output;
 pub mod queue_cmd;
 pub mod roam;
