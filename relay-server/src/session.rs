@@ -327,7 +327,8 @@ async fn serve_control(
             }) => {
                 let answer = bind(
                     relay, conn, id, token, bound, name, kind, reserve, &options, &notice_tx,
-                );
+                )
+                .await;
                 ctrl.send(&answer).await?;
             }
             Some(ClientMessage::Queue(op)) => {
@@ -342,8 +343,22 @@ async fn serve_control(
     }
 }
 
+/// [`crate::tokens::TokenStore::claim`] on a blocking thread: a first reservation is a
+/// SQLite commit (an fsync), and the runtime's one thread carries every tunnel's traffic.
+async fn claim(
+    relay: &Arc<Relay>,
+    name: &TunnelName,
+    token: &TokenName,
+    reserve: bool,
+) -> Result<Reservation, crate::tokens::TokenError> {
+    let (r, n, t) = (relay.clone(), name.clone(), token.clone());
+    tokio::task::spawn_blocking(move || r.tokens.claim(&n, &t, reserve))
+        .await
+        .unwrap_or(Err(crate::tokens::TokenError::Interrupted))
+}
+
 #[allow(clippy::too_many_arguments)]
-fn bind(
+async fn bind(
     relay: &Arc<Relay>,
     conn: &quinn::Connection,
     id: SessionId,
@@ -420,7 +435,7 @@ fn bind(
         edge,
     };
     if kind == TunnelKind::Tcp {
-        return bind_tcp(relay, token, bound, name, reserve, route);
+        return bind_tcp(relay, token, bound, name, reserve, route).await;
     }
     let name = match name {
         Some(n) => {
@@ -428,7 +443,7 @@ fn bind(
                 Ok(n) => n,
                 Err(e) => return refused(ErrorCode::NameInvalid, format!("{n:?}: {e}")),
             };
-            match relay.tokens.claim(&name, token, reserve) {
+            match claim(relay, &name, token, reserve).await {
                 Ok(Reservation::Granted) => {}
                 Ok(Reservation::HeldBy(_)) => {
                     return refused(
@@ -492,7 +507,7 @@ fn bind(
 
 /// Binds a TCP tunnel: `name` is `tcp-PORT` for a requested port (reserved for the
 /// token when `reserve`), or none for any free port in the relay's range.
-fn bind_tcp(
+async fn bind_tcp(
     relay: &Arc<Relay>,
     token: &TokenName,
     bound: &mut Vec<TunnelName>,
@@ -517,7 +532,7 @@ fn bind_tcp(
         let Ok(name) = TunnelName::parse(&crate::tcp::port_name(port)) else {
             return refused(ErrorCode::NameInvalid, format!("bad port {port}"));
         };
-        match relay.tokens.claim(&name, token, reserve) {
+        match claim(relay, &name, token, reserve).await {
             Ok(Reservation::Granted) => {}
             Ok(Reservation::HeldBy(_)) => {
                 return refused(

@@ -47,6 +47,9 @@ pub enum TokenError {
     /// The token name is empty or has odd characters.
     #[error("a token name must be 1-64 characters of letters, digits, '-', '_' or '.'")]
     BadName,
+    /// The blocking task that ran the query did not finish (shutdown or a panic).
+    #[error("token database: the query was interrupted")]
+    Interrupted,
 }
 
 /// A token as listed (never its value).
