@@ -229,9 +229,10 @@ async fn unknown_name_is_404_and_target_down_is_502() {
     let text = String::from_utf8_lossy(&a.body);
     assert!(text.contains("unreachable"), "{text}");
     assert!(
-        text.to_lowercase().contains("refused"),
-        "names the cause: {text}"
+        text.contains(&format!("connection refused by localhost:{port}")),
+        "names the cause and the address: {text}"
     );
+    assert!(text.contains("is the app running"), "{text}");
 }
 
 #[tokio::test]

@@ -808,7 +808,7 @@ impl Forwarder {
             Some(h2c) if !target.is_https() => h2c.request(req).await,
             _ => self.client.request(req).await,
         }
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| describe_target_error(&e, target))
     }
 }
 
@@ -930,6 +930,25 @@ pub struct RefusedExchange {
     pub reason: String,
     /// The visitor's address.
     pub visitor: Option<String>,
+}
+
+/// Why the target could not be reached, in a sentence: a refused connection (the usual
+/// case: the app is not running, or listens on another port) says so plainly instead of
+/// hyper's chain of wrappers.
+fn describe_target_error(e: &(dyn std::error::Error + 'static), target: &Target) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            let authority = target.as_str().split("://").last().unwrap_or_default();
+            return format!(
+                "connection refused by {authority}: is the app running and listening on that port?"
+            );
+        }
+        source = s.source();
+    }
+    error_chain(e)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
