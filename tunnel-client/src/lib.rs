@@ -184,11 +184,8 @@ async fn run_http_inner(
                 .filter(|t| !t.is_empty())
                 .context("a token is needed to use a relay: pass --token or set PORTHOLE_TOKEN")
                 .map_err(exit::usage)?;
-            let trust = match (&args.relay_pin, &args.relay_ca) {
-                (Some(pin), _) => Trust::Pin(trust::parse_pin(pin).map_err(exit::usage)?),
-                (None, Some(ca)) => Trust::CaFile(ca.clone()),
-                (None, None) => Trust::SystemRoots,
-            };
+            let trust = Trust::from_flags(args.relay_pin.as_deref(), args.relay_ca.as_deref())
+                .map_err(exit::usage)?;
             (relay.clone(), token, trust, false)
         }
         None => {

@@ -72,11 +72,7 @@ pub async fn run(args: &QueueArgs, out: &mut impl std::io::Write) -> anyhow::Res
         .clone()
         .filter(|t| !t.is_empty())
         .context("a token is needed: pass --token or set PORTHOLE_TOKEN")?;
-    let trust = match (&args.relay_pin, &args.relay_ca) {
-        (Some(pin), _) => Trust::Pin(trust::parse_pin(pin)?),
-        (None, Some(ca)) => Trust::CaFile(ca.clone()),
-        (None, None) => Trust::SystemRoots,
-    };
+    let trust = Trust::from_flags(args.relay_pin.as_deref(), args.relay_ca.as_deref())?;
     let op = match &args.command {
         QueueCommand::List { name, limit } => QueueOp::List {
             name: name.clone(),

@@ -13,7 +13,7 @@ use crate::cli::TcpArgs;
 use crate::forwarder::{Forwarder, Target};
 use crate::output::Output;
 use crate::session::{self, SessionConfig, TunnelSpec};
-use crate::trust::{self, Trust};
+use crate::trust::Trust;
 
 /// Runs `porthole tcp` until `shutdown` fires or a fatal error.
 pub async fn run_tcp(args: TcpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -36,11 +36,7 @@ async fn run_inner(
         .clone()
         .filter(|t| !t.is_empty())
         .context("a token is needed to use a relay: pass --token or set PORTHOLE_TOKEN")?;
-    let trust = match (&args.relay_pin, &args.relay_ca) {
-        (Some(pin), _) => Trust::Pin(trust::parse_pin(pin)?),
-        (None, Some(ca)) => Trust::CaFile(ca.clone()),
-        (None, None) => Trust::SystemRoots,
-    };
+    let trust = Trust::from_flags(args.relay_pin.as_deref(), args.relay_ca.as_deref())?;
     if args.port == Some(0) {
         anyhow::bail!("--port must be between 1 and 65535");
     }

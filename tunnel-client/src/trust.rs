@@ -23,6 +23,18 @@ pub enum Trust {
     SystemRoots,
 }
 
+impl Trust {
+    /// The trust `--relay-pin` and `--relay-ca` ask for: a pin wins, then a CA file,
+    /// else the system roots.
+    pub fn from_flags(pin: Option<&str>, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Ok(match (pin, ca) {
+            (Some(pin), _) => Trust::Pin(parse_pin(pin)?),
+            (None, Some(ca)) => Trust::CaFile(ca.to_path_buf()),
+            (None, None) => Trust::SystemRoots,
+        })
+    }
+}
+
 /// Normalises and checks a pin: `sha256:` and 64 hex digits (case-insensitive; the
 /// prefix may be omitted).
 pub fn parse_pin(s: &str) -> anyhow::Result<String> {
