@@ -229,6 +229,12 @@ impl BodyTap {
         }
     }
 
+    /// The body captured by a tap shared with the body's stream, leaving it empty.
+    pub fn take(shared: &std::sync::Mutex<BodyTap>) -> CapturedBody {
+        let mut tap = shared.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *tap, BodyTap::new(0)).finish()
+    }
+
     /// The captured body.
     pub fn finish(self) -> CapturedBody {
         CapturedBody {

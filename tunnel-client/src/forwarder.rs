@@ -553,11 +553,7 @@ impl Forwarder {
                     let (response, delivery) =
                         Box::pin(answer_locally(send, status, kind, text.clone())).await;
                     if !self.sinks.is_empty() {
-                        let request_body = std::mem::replace(
-                            &mut *req_tap.lock().unwrap_or_else(|p| p.into_inner()),
-                            BodyTap::new(0),
-                        )
-                        .finish();
+                        let request_body = BodyTap::take(&req_tap);
                         self.sinks.record(Exchange {
                             id,
                             replay_of: None,
@@ -701,17 +697,9 @@ impl Forwarder {
         };
 
         if !self.sinks.is_empty() {
-            let request_body = std::mem::replace(
-                &mut *req_tap.lock().unwrap_or_else(|p| p.into_inner()),
-                BodyTap::new(0),
-            )
-            .finish();
+            let request_body = BodyTap::take(&req_tap);
             if let Some(vtap) = verify_tap {
-                let body = std::mem::replace(
-                    &mut *vtap.lock().unwrap_or_else(|p| p.into_inner()),
-                    BodyTap::new(0),
-                )
-                .finish();
+                let body = BodyTap::take(&vtap);
                 let declared = captured_headers
                     .iter()
                     .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
