@@ -58,7 +58,7 @@ pub const INITIAL_STREAMS: u32 = 256;
 ///
 /// quinn keeps an entry for every stream the peer may open, in hash tables it updates
 /// whenever a stream opens or closes: allowing all 11,430 from the start cost the client
-/// 0.7 MiB at idle. The limit starts at [`INITIAL_STREAMS`] and is quadrupled whenever
+/// 1.3 MiB of heap at idle. The limit starts at [`INITIAL_STREAMS`] and is quadrupled whenever
 /// half of it is in use, so a burst waits at most a round trip per step (three steps to
 /// the ceiling). It never shrinks.
 #[derive(Debug)]

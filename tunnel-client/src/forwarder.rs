@@ -493,11 +493,13 @@ impl Forwarder {
                     .split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
+        // The request body for the target, or the client's own refusal (401, 413) when
+        // an enforced signature check fails before the target sees anything.
         let body = if is_upgrade(&head.headers) {
             upgrade_stream = Some((first, recv));
-            http_body_util::Empty::new()
+            Ok(http_body_util::Empty::new()
                 .map_err(|never| match never {})
-                .boxed_unsync()
+                .boxed_unsync())
         } else if rules.verifies() && rules.enforce {
             let collect =
                 Limited::new(recv_body(first, recv), signatures::VERIFY_BODY_CAP).collect();
@@ -547,45 +549,13 @@ impl Forwarder {
                     return;
                 }
             };
-            match refusal {
-                Ok(body) => body,
-                Err((status, kind, text)) => {
-                    let (response, delivery) =
-                        Box::pin(answer_locally(send, status, kind, text.clone())).await;
-                    if !self.sinks.is_empty() {
-                        let request_body = BodyTap::take(&req_tap);
-                        self.sinks.record(Exchange {
-                            id,
-                            replay_of: None,
-                            tunnel: tunnel.name,
-                            target: tunnel.target.to_string(),
-                            started_at,
-                            time_to_head: None,
-                            duration: started.elapsed(),
-                            visitor,
-                            request: CapturedRequest {
-                                method,
-                                uri,
-                                headers: captured_headers,
-                                body: request_body,
-                            },
-                            response: Some(response),
-                            outcome: Outcome::Rejected(text),
-                            signature,
-                        });
-                    }
-                    if let Some(d) = delivery {
-                        d.wait(DELIVERY_WAIT).await;
-                    }
-                    return;
-                }
-            }
+            refusal
         } else if body_cap == 0 && verify_tap.is_none() {
-            recv_body(first, recv)
+            Ok(recv_body(first, recv))
         } else {
             let tap = req_tap.clone();
             let vtap = verify_tap.clone();
-            recv_body(first, recv)
+            Ok(recv_body(first, recv)
                 .map_frame(move |f| {
                     if let Some(d) = f.data_ref() {
                         tap.lock().unwrap_or_else(|p| p.into_inner()).observe(d);
@@ -595,26 +565,35 @@ impl Forwarder {
                     }
                     f
                 })
-                .boxed_unsync()
+                .boxed_unsync())
         };
 
-        let result = self
-            .send_to_target(
-                &tunnel.target,
-                &head.method,
-                &head.uri,
-                &head.headers,
-                body,
-                rules.rewrite_host,
-            )
-            .await;
-        let time_to_head = started.elapsed();
+        let answered = match body {
+            Ok(body) => Ok(self
+                .send_to_target(
+                    &tunnel.target,
+                    &head.method,
+                    &head.uri,
+                    &head.headers,
+                    body,
+                    rules.rewrite_host,
+                )
+                .await),
+            Err(refusal) => Err(refusal),
+        };
+        let time_to_head = answered.is_ok().then(|| started.elapsed());
         // The finished response, waited for after the exchange is recorded; the
         // exchange's duration ends when it was finished (see `Delivery`).
         let mut delivery = None;
 
-        let (response, outcome) = match result {
-            Ok(mut resp) => {
+        let (response, outcome) = match answered {
+            Err((status, kind, text)) => {
+                let (response, d) =
+                    Box::pin(answer_locally(send, status, kind, text.clone())).await;
+                delivery = d;
+                (Some(response), Outcome::Rejected(text))
+            }
+            Ok(Ok(mut resp)) => {
                 let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                 let upgraded = match upgrade_stream.take() {
                     Some(stream) if switching => Some((hyper::upgrade::on(&mut resp), stream)),
@@ -684,7 +663,7 @@ impl Forwarder {
                 };
                 (Some(response), outcome)
             }
-            Err(reason) => {
+            Ok(Err(reason)) => {
                 let text = format!(
                     "porthole: the target {} is unreachable: {reason}",
                     tunnel.target
@@ -734,7 +713,7 @@ impl Forwarder {
                 tunnel: tunnel.name,
                 target: tunnel.target.to_string(),
                 started_at,
-                time_to_head: Some(time_to_head),
+                time_to_head,
                 duration: delivery
                     .as_ref()
                     .map_or_else(|| started.elapsed(), |d| d.finished_at() - started),
