@@ -353,7 +353,7 @@ impl Relay {
         let quic_tls = certs::server_config(self.quic_cert.clone(), &[shared_proto::ALPN])?;
         let server_cfg = quic::server_config(quic_tls, &self.tuning())?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            quic::endpoint_config(),
             Some(server_cfg),
             listeners.tunnel,
             Arc::new(quinn::TokioRuntime),

@@ -107,6 +107,41 @@ impl StreamAllowance {
     }
 }
 
+/// The largest UDP payload either side sends or accepts: the ceiling of path MTU
+/// discovery (quinn's default ceiling is 1,452, Ethernet's).
+///
+/// A QUIC transfer's CPU goes mostly per packet (header protection, AEAD set-up,
+/// acknowledgement tracking, a GSO segment), so where the path carries bigger packets
+/// (loopback, jumbo-frame LANs) fewer, larger packets are cheaper: on loopback, 6,550
+/// against 1,452 gave 12% more requests/s at c=64 with 13% less CPU per request, a
+/// 100 MiB download 40% faster, and a 100 MB/s download took 16% instead of 22% of a
+/// core (paired runs). The value is the largest at which a full GSO batch (quinn sends
+/// up to 10 segments per `sendmsg`) still fits one UDP datagram, 65,507 bytes over
+/// IPv4: at 9,000 the kernel refused whole batches, quinn took that for a black hole
+/// and fell back to 1,200 bytes. On an Ethernet path the probes above 1,452 are lost
+/// and discovery settles where quinn's default would have, a few round trips later;
+/// until then, and after any black hole, packets are 1,200 bytes.
+pub const MAX_UDP_PAYLOAD: u16 = 6_550;
+
+/// The congestion window a connection starts with: four packets of
+/// [`MAX_UDP_PAYLOAD`] (quinn's default is 14,720 bytes, ten 1,472-byte packets).
+///
+/// quinn counts the packet it is about to send as a full-size one, and discovery keeps
+/// a probe of up to [`MAX_UDP_PAYLOAD`] in flight during the first round trips. With
+/// the default window, one probe and one full-size packet filled it: the relay's answer
+/// to a bind waited for the probe's acknowledgement, and a client that exited at once
+/// could not send its CONNECTION_CLOSE at all (quinn holds it behind the window while
+/// stream data is pending), so the relay kept its names until the idle timeout.
+pub const INITIAL_WINDOW: u64 = 4 * MAX_UDP_PAYLOAD as u64;
+
+/// The quinn endpoint configuration of both sides: datagrams up to [`MAX_UDP_PAYLOAD`].
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut cfg = quinn::EndpointConfig::default();
+    cfg.max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .expect("MAX_UDP_PAYLOAD is within QUIC's 1,200..=65,527");
+    cfg
+}
+
 /// How the QUIC transport is tuned, in one place for both sides: the client uses the
 /// defaults; the relay the same but for [`CLIENT_OPENED_STREAMS`].
 #[derive(Debug, Clone)]
@@ -177,6 +212,12 @@ impl TransportTuning {
         // lower priority after BULK_AFTER, so it cannot hold small exchanges back; two
         // concurrent 500 MB downloads through one tunnel still finished together.
         t.send_fairness(false);
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(MAX_UDP_PAYLOAD);
+        t.mtu_discovery_config(Some(mtu));
+        let mut cubic = quinn::congestion::CubicConfig::default();
+        cubic.initial_window(INITIAL_WINDOW);
+        t.congestion_controller_factory(Arc::new(cubic));
         // The idle timeout fits quinn's VarInt range (checked in tests for the default).
         if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
             t.max_idle_timeout(Some(idle));
@@ -659,7 +700,15 @@ mod tests {
         let tuning = TransportTuning::default();
         let tls = identity.server_config(&[b"test"]).unwrap();
         let server_cfg = server_config(tls, &tuning).unwrap();
-        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let server = quinn::Endpoint::new(
+            endpoint_config(),
+            Some(server_cfg),
+            udp_socket(loopback).unwrap(),
+            runtime.clone(),
+        )
+        .unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.certs[0].clone()).unwrap();
@@ -674,7 +723,13 @@ mod tests {
             quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
         ));
         client_cfg.transport_config(Arc::new(client_tuning.transport_config()));
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut client = quinn::Endpoint::new(
+            endpoint_config(),
+            None,
+            udp_socket(loopback).unwrap(),
+            runtime,
+        )
+        .unwrap();
         client.set_default_client_config(client_cfg);
 
         let addr = server.local_addr().unwrap();
@@ -683,6 +738,43 @@ mod tests {
             async { client.connect(addr, "localhost").unwrap().await.unwrap() }
         );
         (client, conn, relay_side)
+    }
+
+    /// On loopback, path MTU discovery climbs past Ethernet's 1,452 bytes to
+    /// [`MAX_UDP_PAYLOAD`], and a bulk transfer at that size keeps it: a full GSO batch of
+    /// such packets still fits one datagram (at 9,000 bytes the kernel refused batches,
+    /// which quinn took for a black hole, falling back to 1,200).
+    #[tokio::test]
+    async fn loopback_carries_the_largest_packets_through_a_bulk_transfer() {
+        let (_client, conn, relay_side) = connected().await;
+        // quinn probes when it has nothing else to send: right after the handshake.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while conn.stats().path.current_mtu < MAX_UDP_PAYLOAD {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "path MTU stuck at {}",
+                conn.stats().path.current_mtu
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let size = 16 * 1024 * 1024;
+        let reading = tokio::spawn(async move {
+            let (_send, mut recv) = relay_side.accept_bi().await.unwrap();
+            recv.read_to_end(size + 1).await.unwrap().len()
+        });
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&vec![7u8; size]).await.unwrap();
+        send.finish().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(30), reading)
+            .await
+            .expect("the transfer finished in time")
+            .unwrap();
+        assert_eq!(got, size);
+
+        let path = conn.stats().path;
+        assert_eq!(path.black_holes_detected, 0);
+        assert_eq!(path.current_mtu, MAX_UDP_PAYLOAD);
     }
 
     /// A client that starts by allowing few streams still takes every exchange the relay

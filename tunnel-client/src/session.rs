@@ -234,7 +234,7 @@ pub(crate) fn client_endpoint(relay: SocketAddr) -> anyhow::Result<(quinn::Endpo
     .expect("literal address");
     let sock = relay_server::quic::udp_socket(bind).context("opening UDP socket")?;
     let ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        relay_server::quic::endpoint_config(),
         None,
         sock,
         Arc::new(quinn::TokioRuntime),
