@@ -408,6 +408,21 @@ async fn run(args: Args) -> Result<()> {
         wrk_run(&wrk_bin, &script, p, cfg.connections, cfg.warmup_secs).await?;
     }
 
+    // A second, separate Porthole tunnel: the head-of-line control runs the download
+    // through it while the small requests go through the first.
+    let mut second_tunnel: Option<PathUnderTest> = None;
+    if let (Some((bins, _)), true) = (&porthole_ctx, cfg.hol_bytes > 0) {
+        match paths::porthole(bins, target_addr).await {
+            Ok((mut p, _)) => {
+                p.name = "porthole (second tunnel)".into();
+                second_tunnel = Some(p);
+            }
+            Err(e) => report
+                .notes
+                .push(format!("head-of-line control not measured: {e:#}")),
+        }
+    }
+
     // Interleaved rounds.
     let n = paths.len();
     for round in 0..cfg.rounds as usize {
@@ -445,10 +460,22 @@ async fn run(args: Args) -> Result<()> {
         if cfg.hol_bytes > 0 {
             for &i in &order {
                 let p = &mut paths[i];
-                let p99 = head_of_line(&wrk_bin, &script, p, &cfg, &payload).await?;
+                let p99 = head_of_line(&wrk_bin, &script, p, p, &cfg, &payload).await?;
                 figs[i].hol_p99_us = Some(p99);
                 figs[i].hol_vs_idle = figs[i].lat_p99_us.map(|idle| p99 / idle.max(1.0));
                 p.check_alive()?;
+            }
+            let ours = paths.iter().position(|p| p.name == "porthole");
+            if let (Some(second), Some(i)) = (second_tunnel.as_mut(), ours) {
+                let (direct, p) = (&paths[0], &paths[i]);
+                let separate = head_of_line(&wrk_bin, &script, p, second, &cfg, &payload).await?;
+                let direct = head_of_line(&wrk_bin, &script, p, direct, &cfg, &payload).await?;
+                report.hol_control.push(report::HolControl {
+                    same_tunnel_p99_us: figs[i].hol_p99_us.unwrap_or(f64::NAN),
+                    separate_tunnel_p99_us: separate,
+                    direct_download_p99_us: direct,
+                });
+                second.check_alive()?;
             }
         }
         for (i, f) in figs.into_iter().enumerate() {
@@ -582,7 +609,7 @@ async fn run(args: Args) -> Result<()> {
         report.wall_secs
     ));
 
-    for p in paths {
+    for p in paths.into_iter().chain(second_tunnel) {
         p.stop().await;
     }
     if let Some(q) = queue_path {
@@ -661,22 +688,24 @@ async fn throughput(
     Ok(())
 }
 
-/// c=1 POST p99 while a bulk download of up to `cfg.hol_bytes` runs through the same path.
+/// c=1 POST p99 through `p` while a bulk download of up to `cfg.hol_bytes` runs through
+/// `bulk`: the same path for the head-of-line figure, another for its control.
 ///
 /// The download is read at a bounded rate (`--hol-rate-mbps`) so that its buffers stay full
 /// — the worst case for head-of-line blocking in a multiplexed tunnel — without letting
 /// the reader itself saturate the two cores. It is dropped when the latency run ends, and
-/// the path must then still answer.
+/// `bulk` must then still answer.
 async fn head_of_line(
     wrk_bin: &Path,
     script: &Path,
     p: &PathUnderTest,
+    bulk: &PathUnderTest,
     cfg: &Config,
     payload: &str,
 ) -> Result<f64> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let (addr, host, size, rate) = (p.addr, p.host.clone(), cfg.hol_bytes, cfg.hol_rate);
+    let (addr, host, size, rate) = (bulk.addr, bulk.host.clone(), cfg.hol_bytes, cfg.hol_rate);
     let bg_stop = stop.clone();
     let bg =
         tokio::spawn(
@@ -689,18 +718,18 @@ async fn head_of_line(
     stop.store(true, Ordering::Relaxed);
     let got = tokio::time::timeout(Duration::from_secs(15), bg)
         .await
-        .map_err(|_| anyhow!("head-of-line download through {} did not stop", p.name))?
+        .map_err(|_| anyhow!("head-of-line download through {} did not stop", bulk.name))?
         .map_err(|e| anyhow!("head-of-line download task: {e}"))?
-        .with_context(|| format!("head-of-line download through {}", p.name))?;
+        .with_context(|| format!("head-of-line download through {}", bulk.name))?;
     if finished_early {
         bail!(
             "head-of-line download through {} ended before the latency run ({got} bytes)",
-            p.name
+            bulk.name
         );
     }
-    client::check_post(p.addr, &p.host, payload)
+    client::check_post(bulk.addr, &bulk.host, payload)
         .await
-        .with_context(|| format!("{} after a visitor dropped a download mid-body", p.name))?;
+        .with_context(|| format!("{} after a visitor dropped a download mid-body", bulk.name))?;
     Ok(r?.p99_us)
 }
 

@@ -116,12 +116,28 @@ pub struct Report {
     pub inspect_flood: Option<Flood>,
     /// The same flood through the plain client, for comparison.
     pub flood_inspect_off: Option<Flood>,
+    /// Where Porthole's head-of-line figure comes from, per round: see [`HolControl`].
+    pub hol_control: Vec<HolControl>,
     /// The relay with many idle tunnels.
     pub idle_tunnels: Option<crate::memory::IdleTunnels>,
     /// The relay and client with many requests in flight.
     pub in_flight: Option<crate::memory::InFlight>,
     /// Things that were skipped or looked off.
     pub notes: Vec<String>,
+}
+
+/// p99 of Porthole's small POSTs (c=1, µs) while the same throttled download runs
+/// elsewhere. On a small machine the download slows small requests by taking CPU from
+/// them wherever it runs; only what the same tunnel adds over a separate one is
+/// head-of-line blocking in the tunnel itself.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HolControl {
+    /// Through the same tunnel (the head-of-line figure of the table).
+    pub same_tunnel_p99_us: f64,
+    /// Through a second Porthole tunnel: its own relay and client processes.
+    pub separate_tunnel_p99_us: f64,
+    /// Straight from the target: no tunnel process carries it.
+    pub direct_download_p99_us: f64,
 }
 
 /// Concurrent large uploads through the client with the inspector on.
@@ -384,6 +400,36 @@ pub fn table(r: &Report) -> String {
             mib(f.rss_before_kib),
             mib(f.peak_rss_kib),
             mib(f.rss_after_kib)
+        );
+    }
+    if !r.hol_control.is_empty() {
+        let med = |get: fn(&HolControl) -> f64| {
+            median(&r.hol_control.iter().map(get).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+        };
+        let idle = r
+            .paths
+            .iter()
+            .find(|p| p.name == "porthole")
+            .and_then(|p| p.summary.get("lat_p99_us"))
+            .map(|s| s.median)
+            .unwrap_or(f64::NAN);
+        let (same, separate, direct) = (
+            med(|h| h.same_tunnel_p99_us),
+            med(|h| h.separate_tunnel_p99_us),
+            med(|h| h.direct_download_p99_us),
+        );
+        let ratios: Vec<f64> = r
+            .hol_control
+            .iter()
+            .map(|h| h.same_tunnel_p99_us / h.separate_tunnel_p99_us.max(1.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "head-of-line control, porthole small-POST p99 (idle {idle:.0} µs) while the throttled download runs: through the same tunnel {same:.0} µs ({:.2}x idle), a separate tunnel {separate:.0} µs ({:.2}x), straight from the target {direct:.0} µs ({:.2}x); same ÷ separate tunnel {:.2} (median of per-round ratios)",
+            same / idle,
+            separate / idle,
+            direct / idle,
+            median(&ratios).unwrap_or(f64::NAN),
         );
     }
     if let Some(m) = &r.in_flight {
