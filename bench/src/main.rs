@@ -383,22 +383,30 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
-    // The relay's memory per idle tunnel, while it is fresh (load leaves its allocator
-    // holding memory that it returns later, which would blur the difference).
-    if let Some((bins, info)) = &porthole_ctx {
+    // The relay's memory per idle tunnel, on a relay of its own: load would leave its
+    // allocator holding memory that blurs the difference, and the sessions' memory,
+    // kept by the allocator after they end, would count in the measured relay's peak
+    // RSS under load.
+    if let Some((bins, _)) = &porthole_ctx {
         let n = args
             .idle_tunnels
             .unwrap_or(if cfg.quick { 100 } else { 1000 });
         if n > 0 {
-            log(format!("{n} idle tunnels"));
-            let relay_pid = paths[1].procs[0].pid;
-            match memory::idle_tunnels(bins, info, relay_pid, target_addr, n).await {
+            log(format!("{n} idle tunnels (fresh relay)"));
+            let measured = async {
+                let (mut fresh, info) = paths::porthole(bins, target_addr).await?;
+                let relay_pid = fresh.procs[0].pid;
+                let m = memory::idle_tunnels(bins, &info, relay_pid, target_addr, n).await;
+                fresh.check_alive()?;
+                fresh.stop().await;
+                m
+            };
+            match measured.await {
                 Ok(m) => report.idle_tunnels = Some(m),
                 Err(e) => report
                     .notes
                     .push(format!("idle-tunnel memory not measured: {e:#}")),
             }
-            paths[1].check_alive()?;
         }
     }
 
