@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 
-use crate::trust::{roots_from_pem, KeyHolder};
+use crate::trust::{public_roots, roots_from_pem, KeyHolder};
 
 /// How to reach targets, from the `porthole http` flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,11 +42,7 @@ pub fn client_config(opts: &TargetOptions) -> anyhow::Result<rustls::ClientConfi
     }
     let roots = match &opts.ca {
         Some(path) => roots_from_pem(path, "target")?,
-        None => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            roots
-        }
+        None => public_roots(),
     };
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }

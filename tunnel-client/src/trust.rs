@@ -66,11 +66,9 @@ pub fn client_config(trust: &Trust) -> anyhow::Result<rustls::ClientConfig> {
         Trust::CaFile(path) => builder
             .with_root_certificates(roots_from_pem(path, "relay")?)
             .with_no_client_auth(),
-        Trust::SystemRoots => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        Trust::SystemRoots => builder
+            .with_root_certificates(public_roots())
+            .with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![shared_proto::ALPN.to_vec()];
     Ok(cfg)
@@ -153,6 +151,13 @@ where
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// The public web's root CAs (Mozilla's, bundled: no system store is read).
+pub(crate) fn public_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots
 }
 
 /// The CA certificates in the PEM file at `path` (`what`'s CA: "relay", "target"), as
