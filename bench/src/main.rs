@@ -393,14 +393,10 @@ async fn run(args: Args) -> Result<()> {
             .unwrap_or(if cfg.quick { 100 } else { 1000 });
         if n > 0 {
             log(format!("{n} idle tunnels (fresh relay)"));
-            let measured = async {
-                let (mut fresh, info) = paths::porthole(bins, target_addr).await?;
+            let measured = paths::on_fresh_porthole(bins, target_addr, async |fresh, info| {
                 let relay_pid = fresh.procs[0].pid;
-                let m = memory::idle_tunnels(bins, &info, relay_pid, target_addr, n).await;
-                fresh.check_alive()?;
-                fresh.stop().await;
-                m
-            };
+                memory::idle_tunnels(bins, info, relay_pid, target_addr, n).await
+            });
             match measured.await {
                 Ok(m) => report.idle_tunnels = Some(m),
                 Err(e) => report
@@ -541,13 +537,9 @@ async fn run(args: Args) -> Result<()> {
             .unwrap_or(if cfg.quick { 1000 } else { 10_000 });
         if n > 0 {
             log(format!("{n} requests in flight (fresh relay and client)"));
-            let measured = async {
-                let (mut fresh, _) = paths::porthole(bins, target_addr).await?;
-                let m = memory::in_flight(&fresh, target_addr, n).await;
-                fresh.check_alive()?;
-                fresh.stop().await;
-                m
-            };
+            let measured = paths::on_fresh_porthole(bins, target_addr, async |fresh, _| {
+                memory::in_flight(fresh, target_addr, n).await
+            });
             match measured.await {
                 Ok(m) => report.in_flight = Some(m),
                 Err(e) => report

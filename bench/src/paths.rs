@@ -314,6 +314,20 @@ pub async fn wait_ready(client: &mut Proc, timeout: Duration) -> Result<Ready> {
     Ok(Ready { host })
 }
 
+/// Runs `measure` on a relay and client of their own (see [`porthole`]), then stops them;
+/// their dying during the measurement is the error.
+pub async fn on_fresh_porthole<T>(
+    bins: &PortholeBins,
+    target: SocketAddr,
+    measure: impl AsyncFnOnce(&PathUnderTest, &RelayInfo) -> Result<T>,
+) -> Result<T> {
+    let (mut fresh, info) = porthole(bins, target).await?;
+    let measured = measure(&fresh, &info).await;
+    let alive = fresh.check_alive();
+    fresh.stop().await;
+    alive.and(measured)
+}
+
 /// Starts a relay and one client for `target`; returns the path (processes: relay, then
 /// client) and the relay's coordinates for spawning more clients later.
 pub async fn porthole(
