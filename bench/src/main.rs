@@ -475,6 +475,7 @@ async fn run(args: Args) -> Result<()> {
                 let separate = head_of_line(&wrk_bin, &script, p, second, &cfg, &payload).await?;
                 let direct = head_of_line(&wrk_bin, &script, p, direct, &cfg, &payload).await?;
                 report.hol_control.push(report::HolControl {
+                    idle_p99_us: figs[i].lat_p99_us.unwrap_or(f64::NAN),
                     same_tunnel_p99_us: figs[i].hol_p99_us.unwrap_or(f64::NAN),
                     separate_tunnel_p99_us: separate,
                     direct_download_p99_us: direct,
