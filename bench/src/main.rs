@@ -369,14 +369,20 @@ async fn run(args: Args) -> Result<()> {
         };
         for (n, pid) in p.pids() {
             if let Ok(v) = procs::rss_kib(pid) {
-                r.idle_rss_kib.insert(n, v);
+                r.idle_rss_kib.insert(n.clone(), v);
+            }
+            if let Ok(v) = procs::rss_anon_kib(pid) {
+                r.idle_rss_anon_kib.insert(n, v);
             }
         }
         reports.push(r);
     }
     if let Some((bins, info)) = &porthole_ctx {
         match inspector_on_rss(bins, info, target_addr).await {
-            Ok(v) => report.client_idle_rss_inspect_on_kib = Some(v),
+            Ok((v, anon)) => {
+                report.client_idle_rss_inspect_on_kib = Some(v);
+                report.client_idle_rss_anon_inspect_on_kib = Some(anon);
+            }
             Err(e) => report
                 .notes
                 .push(format!("client RSS with inspector on not measured: {e:#}")),
@@ -778,19 +784,21 @@ async fn large_body_flood(p: &PathUnderTest) -> Result<report::Flood> {
     })
 }
 
-/// RSS of a second client started with the inspector on, after one request.
+/// RSS and its anonymous part (KiB) of a second client started with the inspector on,
+/// after one request.
 async fn inspector_on_rss(
     bins: &PortholeBins,
     info: &RelayInfo,
     target: SocketAddr,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let mut c = bins.spawn_client(info, target, "bench-inspect", Some("127.0.0.1:0"))?;
     let ready = paths::wait_ready(&mut c, Duration::from_secs(20)).await?;
     client::check_post(info.http, &ready.host, &body::webhook_payload()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let v = procs::rss_kib(c.pid)?;
+    let anon = procs::rss_anon_kib(c.pid)?;
     c.stop().await;
-    Ok(v)
+    Ok((v, anon))
 }
 
 /// Spawn `porthole http` → first 200 through the public URL, `samples` times.

@@ -204,6 +204,14 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
     status_kib(pid, "VmRSS:")
 }
 
+/// The anonymous part of the resident set (heap, stacks), KiB: memory private to the
+/// process. The rest of VmRSS is mostly the executable's and libraries' code pages,
+/// which are shared with the page cache and so count once for all processes that map
+/// them.
+pub fn rss_anon_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
 /// Peak resident set size since start or the last [`reset_peak_rss`], KiB.
 pub fn peak_rss_kib(pid: u32) -> Result<u64> {
     status_kib(pid, "VmHWM:")

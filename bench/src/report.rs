@@ -50,6 +50,8 @@ pub struct PathReport {
     pub rounds: Vec<Round>,
     /// RSS of each tunnel process right after setup and one request, KiB.
     pub idle_rss_kib: BTreeMap<String, u64>,
+    /// The anonymous part of that (heap, stacks: not code pages), KiB.
+    pub idle_rss_anon_kib: BTreeMap<String, u64>,
     /// RSS of each tunnel process at the end of the run, KiB.
     pub final_rss_kib: BTreeMap<String, u64>,
     /// Filled by [`summarize`].
@@ -101,6 +103,8 @@ pub struct Report {
     pub paths: Vec<PathReport>,
     /// Client RSS with the inspector on, KiB (after one request), if measured.
     pub client_idle_rss_inspect_on_kib: Option<u64>,
+    /// The anonymous part of that, KiB.
+    pub client_idle_rss_anon_inspect_on_kib: Option<u64>,
     /// Porthole time to URL.
     pub time_to_url: Option<TimeToUrl>,
     /// Queue mode (`--delivery queue`: 202 once the request is durably stored, fsync
@@ -201,6 +205,14 @@ const METRICS: &[(&str, Getter, bool)] = &[
     ("download_mbps", |r| r.download_mbps, false),
     ("upload_mbps", |r| r.upload_mbps, false),
 ];
+
+/// `name total (anon)` of one idle process, in MiB.
+fn resident(name: &str, total_kib: u64, anon_kib: Option<u64>) -> String {
+    match anon_kib {
+        Some(a) => format!("{name} {} ({})", mib(total_kib), mib(a)),
+        None => format!("{name} {}", mib(total_kib)),
+    }
+}
 
 /// Fills each path's `summary` and `peak_rss_kib`; paths[0] must be direct.
 pub fn summarize(paths: &mut [PathReport]) {
@@ -354,17 +366,22 @@ pub fn table(r: &Report) -> String {
                 } else {
                     n.clone()
                 };
-                mem.push(format!("{label} {} MiB", mib(*v)));
+                mem.push(resident(&label, *v, p.idle_rss_anon_kib.get(n).copied()));
             }
         }
         if p.name == "porthole" {
             if let Some(v) = r.client_idle_rss_inspect_on_kib {
-                mem.push(format!("porthole (inspect on) {} MiB", mib(v)));
+                let anon = r.client_idle_rss_anon_inspect_on_kib;
+                mem.push(resident("porthole (inspect on)", v, anon));
             }
         }
     }
     if !mem.is_empty() {
-        let _ = writeln!(out, "idle RSS: {}", mem.join("; "));
+        let _ = writeln!(
+            out,
+            "idle RSS, MiB (anonymous part: heap and stacks, without code pages): {}",
+            mem.join("; ")
+        );
     }
     if let Some(q) = median(&r.queue_thr_rps) {
         let _ = writeln!(
