@@ -359,7 +359,13 @@ pub fn table(r: &Report) -> String {
     let mut mem = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for p in r.paths.iter().skip(1) {
-        for n in p.processes.iter().filter(|n| seen.insert(n.as_str())) {
+        // The `--inspector` path's client is set up as the inspector-on probe printed
+        // below, so it is not listed twice.
+        let listed = p
+            .processes
+            .iter()
+            .filter(|n| n.as_str() != "porthole (inspect)");
+        for n in listed.filter(|n| seen.insert(n.as_str())) {
             if let Some(v) = p.idle_rss_kib.get(n) {
                 let label = if p.name == "porthole" && n == "porthole" {
                     "porthole (inspect off)".to_string()
