@@ -352,13 +352,8 @@ impl Relay {
 
         let quic_tls = certs::server_config(self.quic_cert.clone(), &[shared_proto::ALPN])?;
         let server_cfg = quic::server_config(quic_tls, &self.tuning())?;
-        let endpoint = quinn::Endpoint::new(
-            quic::endpoint_config(),
-            Some(server_cfg),
-            listeners.tunnel,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .context("starting QUIC endpoint")?;
+        let endpoint =
+            quic::endpoint(listeners.tunnel, Some(server_cfg)).context("starting QUIC endpoint")?;
         tasks.spawn(session::accept_loop(
             self.clone(),
             endpoint.clone(),

@@ -134,12 +134,16 @@ pub const MAX_UDP_PAYLOAD: u16 = 6_550;
 /// stream data is pending), so the relay kept its names until the idle timeout.
 pub const INITIAL_WINDOW: u64 = 4 * MAX_UDP_PAYLOAD as u64;
 
-/// The quinn endpoint configuration of both sides: datagrams up to [`MAX_UDP_PAYLOAD`].
-pub fn endpoint_config() -> quinn::EndpointConfig {
+/// A QUIC endpoint of either side on `socket` (from [`udp_socket`]): a server with
+/// `server`, else a client only; datagrams up to [`MAX_UDP_PAYLOAD`] either way.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
     let mut cfg = quinn::EndpointConfig::default();
     cfg.max_udp_payload_size(MAX_UDP_PAYLOAD)
         .expect("MAX_UDP_PAYLOAD is within QUIC's 1,200..=65,527");
-    cfg
+    quinn::Endpoint::new(cfg, server, socket, Arc::new(quinn::TokioRuntime))
 }
 
 /// How the QUIC transport is tuned, in one place for both sides: the client uses the
@@ -701,14 +705,7 @@ mod tests {
         let tls = identity.server_config(&[b"test"]).unwrap();
         let server_cfg = server_config(tls, &tuning).unwrap();
         let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let runtime = Arc::new(quinn::TokioRuntime);
-        let server = quinn::Endpoint::new(
-            endpoint_config(),
-            Some(server_cfg),
-            udp_socket(loopback).unwrap(),
-            runtime.clone(),
-        )
-        .unwrap();
+        let server = endpoint(udp_socket(loopback).unwrap(), Some(server_cfg)).unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.certs[0].clone()).unwrap();
@@ -723,13 +720,7 @@ mod tests {
             quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
         ));
         client_cfg.transport_config(Arc::new(client_tuning.transport_config()));
-        let mut client = quinn::Endpoint::new(
-            endpoint_config(),
-            None,
-            udp_socket(loopback).unwrap(),
-            runtime,
-        )
-        .unwrap();
+        let mut client = endpoint(udp_socket(loopback).unwrap(), None).unwrap();
         client.set_default_client_config(client_cfg);
 
         let addr = server.local_addr().unwrap();

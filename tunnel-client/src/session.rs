@@ -233,13 +233,7 @@ pub(crate) fn client_endpoint(relay: SocketAddr) -> anyhow::Result<(quinn::Endpo
     .parse()
     .expect("literal address");
     let sock = relay_server::quic::udp_socket(bind).context("opening UDP socket")?;
-    let ep = quinn::Endpoint::new(
-        relay_server::quic::endpoint_config(),
-        None,
-        sock,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .context("starting QUIC endpoint")?;
+    let ep = relay_server::quic::endpoint(sock, None).context("starting QUIC endpoint")?;
     Ok((ep, bind))
 }
 
