@@ -16,6 +16,9 @@ use crate::procs::{last_line_of, Proc};
 /// How long a daemon may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Process label of the `--inspector` path's client.
+pub const INSPECT_CLIENT: &str = "porthole (inspect)";
+
 /// A way to reach the target.
 pub struct PathUnderTest {
     /// Row label: `direct`, `porthole`, `bore`, `rathole-noise`, …
@@ -386,14 +389,7 @@ pub async fn porthole_inspect(
     // Not `bench-inspect`: the idle-RSS probe uses that name and would take it over.
     let client = bins.spawn_client(info, target, "bench-inspector", Some("127.0.0.1:0"))?;
     let relay = vec![("porthole-relay".into(), relay_pid)];
-    second_client(
-        info,
-        client,
-        "porthole (inspect)",
-        "porthole+inspect",
-        relay,
-    )
-    .await
+    second_client(info, client, INSPECT_CLIENT, "porthole+inspect", relay).await
 }
 
 /// Waits for a further client on the relay of `info` and makes it a path: its process

@@ -364,7 +364,7 @@ pub fn table(r: &Report) -> String {
         let listed = p
             .processes
             .iter()
-            .filter(|n| n.as_str() != "porthole (inspect)");
+            .filter(|n| n.as_str() != crate::paths::INSPECT_CLIENT);
         for n in listed.filter(|n| seen.insert(n.as_str())) {
             if let Some(v) = p.idle_rss_kib.get(n) {
                 let label = if p.name == "porthole" && n == "porthole" {
