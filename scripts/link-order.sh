@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Regenerates the link order of the release binaries: tunnel-client/link-order.txt and
+# relay-server/link-order.txt, read by scripts/release-link.rs, the build script of both (docs/internals.md,
+# "Code layout").
+#
+# Each binary runs its everyday work under valgrind's callgrind: start, connect, HTTP
+# requests through the tunnel, idle, stop. The functions it executed, hottest first,
+# become the order file; the linker puts them at the start of .text, together, so the
+# code a running process touches fills few pages instead of being spread over all of
+# them. Run it after a toolchain or dependency update (symbol names carry a hash that
+# changes with them; stale names are skipped, silently, and the layout degrades back to
+# the linker's default) or after large code changes.
+#
+# Needs valgrind, curl and python3 (Debian: valgrind curl python3). Takes a few minutes
+# after the release build.
+#
+#   scripts/link-order.sh --check   how many listed names the release binaries still have
+#                                   (exits 1 below 90%: time to regenerate)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = --check ]; then
+    cargo build --release --locked -p relay-server -p tunnel-client
+    python3 - <<'EOF'
+import subprocess, sys
+stale = False
+for binary, order in [("porthole-relay", "relay-server"), ("porthole", "tunnel-client")]:
+    nm = subprocess.run(["nm", f"target/release/{binary}"], capture_output=True, text=True,
+                        check=True).stdout
+    have = {p[2] for p in (l.split() for l in nm.splitlines()) if len(p) == 3}
+    names = open(f"{order}/link-order.txt").read().split()
+    found = sum(n in have for n in names)
+    print(f"{binary}: {found} of {len(names)} listed functions ({100 * found / len(names):.0f}%)")
+    stale |= found < 0.9 * len(names)
+sys.exit(1 if stale else 0)
+EOF
+    exit
+fi
+
+for tool in valgrind curl python3; do
+    command -v "$tool" >/dev/null || { echo "link-order.sh: $tool is not installed" >&2; exit 1; }
+done
+
+cargo build --release --locked -p relay-server -p tunnel-client
+BIN=target/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Waits (up to 120 s: valgrind runs code about 50 times slower) for FILE to contain TEXT.
+wait_for() {
+    for _ in $(seq 1200); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "link-order.sh: timed out waiting for '$2' in $1" >&2
+    cat "$1" >&2 || true
+    exit 1
+}
+
+# The first "KEY":"VALUE" of a one-line JSON file (empty if it has none).
+field() { { grep -o "\"$1\":\"[^\"]*\"" "$2" || true; } | head -1 | cut -d'"' -f4; }
+
+callgrind() {
+    local out=$1
+    shift
+    # exec: run in the background, $! is valgrind's own pid, which stop() signals.
+    exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/$out.cg" "$@"
+}
+
+# A 4 KiB JSON webhook, as in the benchmark.
+python3 -c 'import json; print(json.dumps({"type": "event", "data": "x" * 4000}))' >"$WORK/body.json"
+
+# Sends keep-alive requests to HOST at URL (POSTs of the body, then GETs).
+requests() {
+    local url=$1 host=$2 n=$3
+    shift 3
+    local urls=()
+    for _ in $(seq "$n"); do urls+=("$url/hook"); done
+    curl -sS "$@" -H "Host: $host" -H 'content-type: application/json' \
+        --data-binary @"$WORK/body.json" "${urls[@]}" >/dev/null
+    curl -sS "$@" -H "Host: $host" "$url/" "$url/status?x=1" >/dev/null
+}
+
+# A local HTTP/1.1 target (keep-alive) that answers 200 with a short JSON body.
+cat >"$WORK/target.py" <<'EOF'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        n = int(self.headers.get("content-length") or 0)
+        self.rfile.read(n)
+        body = b'{"ok":true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = answer
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+EOF
+python3 "$WORK/target.py" >"$WORK/target.port" &
+PIDS+=($!)
+wait_for "$WORK/target.port" '[0-9]'
+TARGET=127.0.0.1:$(cat "$WORK/target.port")
+
+# A relay with the serve options after $1, under callgrind when $1 is a name for its
+# profile.
+start_relay() {
+    local dir=$WORK/relay-$1
+    mkdir -p "$dir"
+    local cmd=("$BIN/porthole-relay" serve --json --data-dir "$dir" --http-addr 127.0.0.1:0
+        --tunnel-addr 127.0.0.1:0 "${@:2}")
+    if [ "$1" = plain ]; then "${cmd[@]}" >"$dir/out" 2>"$dir/err" &
+    else callgrind "$1" "${cmd[@]}" >"$dir/out" 2>"$dir/err" &
+    fi
+    PIDS+=($!)
+    RELAY_PID=$!
+    wait_for "$dir/out" listening
+    RELAY_HTTP=$(field http "$dir/out")
+    RELAY_HTTPS=$(field https "$dir/out")
+    RELAY_TUNNEL=$(field tunnel "$dir/out")
+    RELAY_PIN=$(field pin "$dir/out")
+    RELAY_TOKEN=$("$BIN/porthole-relay" token add "$1" --data-dir "$dir" 2>/dev/null | tail -1)
+}
+
+# A client of the current relay, under callgrind when $1 is a name for its profile.
+start_client() {
+    local name=$1
+    shift
+    local cmd=("$BIN/porthole" http "$@" --relay "$RELAY_TUNNEL" --relay-pin "$RELAY_PIN"
+        --token "$RELAY_TOKEN" --name "$name" --json)
+    if [ "$name" = plain ]; then PORTHOLE_DATA_DIR=$WORK/c-$name "${cmd[@]}" >"$WORK/$name.out" 2>&1 &
+    else PORTHOLE_DATA_DIR=$WORK/c-$name callgrind "$name" "${cmd[@]}" >"$WORK/$name.out" 2>&1 &
+    fi
+    PIDS+=($!)
+    CLIENT_PID=$!
+    wait_for "$WORK/$name.out" '"url"'
+}
+
+# Ctrl-C for PID, as a user stops it; the profile is written as it exits.
+stop() {
+    kill -INT "$1"
+    for _ in $(seq 600); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    wait "$1" || true
+}
+
+echo "link-order.sh: profiling porthole-relay (HTTP; then HTTPS with HTTP/1.1 and h2, admin)…"
+HOST=plain.localhost
+start_relay relay-http --admin-addr off
+start_client plain "$TARGET" --inspect off --quiet
+requests "http://$RELAY_HTTP" "$HOST" 50
+curl -sS -o /dev/null -H 'Host: nobody.localhost' "http://$RELAY_HTTP/"
+sleep 2
+stop "$CLIENT_PID"
+stop "$RELAY_PID"
+start_relay relay --https-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0
+start_client plain "$TARGET" --inspect off --quiet
+requests "http://$RELAY_HTTP" "$HOST" 50
+PORT=${RELAY_HTTPS##*:}
+requests "https://$HOST:$PORT" "$HOST" 20 -k --http1.1 --resolve "$HOST:$PORT:127.0.0.1"
+requests "https://$HOST:$PORT" "$HOST" 20 -k --http2 --resolve "$HOST:$PORT:127.0.0.1"
+curl -sS -o /dev/null -H 'Host: nobody.localhost' "http://$RELAY_HTTP/"
+sleep 2
+stop "$CLIENT_PID"
+stop "$RELAY_PID"
+
+echo "link-order.sh: profiling porthole (inspector on and off, local mode)…"
+start_relay plain --admin-addr off
+for mode in inspect quiet; do
+    if [ $mode = inspect ]; then start_client client-$mode "$TARGET" --inspect 127.0.0.1:0
+    else start_client client-$mode "$TARGET" --inspect off --quiet
+    fi
+    requests "http://$RELAY_HTTP" "client-$mode.localhost" 50
+    sleep 2
+    stop "$CLIENT_PID"
+done
+stop "$RELAY_PID"
+# Local mode: the in-process relay and the built-in target.
+PORTHOLE_DATA_DIR=$WORK/c-local callgrind client-local "$BIN/porthole" http --json \
+    --local-addr 127.0.0.1:0 --inspect 127.0.0.1:0 >"$WORK/local.out" 2>&1 &
+PIDS+=($!)
+LOCAL_PID=$!
+wait_for "$WORK/local.out" '"url"'
+URL=$(field url "$WORK/local.out")
+HOSTPORT=${URL#http://}
+requests "http://127.0.0.1:${HOSTPORT##*:}" "${HOSTPORT%%:*}" 20
+sleep 2
+stop "$LOCAL_PID"
+
+# The functions of each binary that ran. Grouped by the runs that used them, so that each
+# kind of run touches one stretch of code: those of every run first, then those of the
+# first run and not all, and so on; hottest (own instructions) first within a group.
+python3 - "$WORK" <<'EOF'
+import collections, re, subprocess, sys
+work = sys.argv[1]
+def order(binary, profiles, out):
+    base = "/" + binary.split("/")[-1]
+    cost, seen = collections.Counter(), collections.defaultdict(set)
+    for i, prof in enumerate(profiles):
+        names, objs, obj, fn, after_call = {}, {}, None, None, False
+        for line in open(f"{work}/{prof}.cg", errors="replace"):
+            line = line.rstrip("\n")
+            m = re.match(r"^(c?)(ob|fn)=\((\d+)\)(?: (.*))?$", line)
+            if m:
+                table = objs if m[2] == "ob" else names
+                if m[4]:
+                    table[m[3]] = m[4]
+                if not m[1] and m[2] == "ob":
+                    obj = objs.get(m[3], "")
+                elif not m[1]:
+                    fn = names[m[3]] if obj.endswith(base) else None
+                    if fn:
+                        seen[fn].add(i)
+                continue
+            if line.startswith("calls="):
+                after_call = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if after_call:  # the inclusive cost of a call, not this function's own
+                    after_call = False
+                elif fn and len(line.split()) > 1:
+                    cost[fn] += int(line.split()[1])
+    nm = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
+    text = {p[2] for p in (l.split() for l in nm.splitlines()) if len(p) == 3 and p[1] in "tT"}
+    runs = range(len(profiles))
+    def key(n):
+        return (len(seen[n]) < len(profiles), [i not in seen[n] for i in runs], -cost[n], n)
+    names = sorted((n for n in seen if n in text), key=key)
+    with open(out, "w") as f:
+        f.write("".join(n + "\n" for n in names))
+    print(f"link-order.sh: {out}: {len(names)} of {len(text)} functions")
+order("target/release/porthole-relay", ["relay-http", "relay"], "relay-server/link-order.txt")
+# The client's default run (the inspector on) first.
+order("target/release/porthole", ["client-inspect", "client-quiet", "client-local"],
+      "tunnel-client/link-order.txt")
+EOF
+echo "link-order.sh: rebuild with cargo build --release to link in the new order"
