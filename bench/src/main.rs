@@ -553,6 +553,9 @@ async fn run(args: Args) -> Result<()> {
                     .notes
                     .push(format!("in-flight memory not measured: {e:#}")),
             }
+            if cfg.peers {
+                in_flight_peers(target_addr, &work.path, n, &mut report).await;
+            }
         }
     }
 
@@ -832,6 +835,37 @@ async fn time_to_url(
 }
 
 /// Adds bore and rathole rows when their binaries are on PATH; failures become notes.
+/// The same in-flight measurement through fresh rathole tunnels (noise and tcp), for
+/// comparison; bore is left out, as a second bore server cannot take its fixed port.
+/// At most 1,000 requests: with 5,000, rathole-noise had 489 held at the target after
+/// the scenario's two minutes (a noise handshake per visitor connection), and a rathole
+/// server holds two sockets per visitor connection against a common limit of 20,000
+/// open files.
+async fn in_flight_peers(target: SocketAddr, work: &Path, n: usize, report: &mut Report) {
+    let Some(bin) = wrk::find_on_path("rathole") else {
+        return;
+    };
+    let n = n.min(1_000);
+    for transport in ["noise", "tcp"] {
+        log(format!(
+            "{n} requests in flight (fresh rathole-{transport})"
+        ));
+        let dir = work.join(format!("in-flight-rathole-{transport}"));
+        let measured = async {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let p = paths::rathole(&bin, target, &dir, transport).await?;
+            let m = memory::in_flight(&p, target, n).await?;
+            anyhow::Ok((p.name.clone(), m))
+        };
+        match measured.await {
+            Ok(m) => report.in_flight_peers.push(m),
+            Err(e) => report.notes.push(format!(
+                "in-flight memory of rathole-{transport} not measured: {e:#}"
+            )),
+        }
+    }
+}
+
 async fn setup_peers(
     paths: &mut Vec<PathUnderTest>,
     target: SocketAddr,

@@ -100,6 +100,11 @@ pub struct InFlight {
 /// keeps waiting; once the target holds them all, reads the tunnel processes' RSS, then
 /// releases them and checks every answer.
 pub async fn in_flight(p: &PathUnderTest, target: SocketAddr, n: usize) -> Result<InFlight> {
+    // A measurement before this one left the target answering `GET /hold` at once.
+    let (status, _) = client::call(target, &target.to_string(), Method::POST, "/rearm").await?;
+    if status != StatusCode::OK {
+        bail!("target /rearm answered {status}");
+    }
     let before = rss_of(p)?;
     let deadline = Instant::now() + SCENARIO_LIMIT;
     let request = format!("GET /hold HTTP/1.1\r\nHost: {}\r\n\r\n", p.host);

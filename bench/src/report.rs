@@ -126,6 +126,8 @@ pub struct Report {
     pub idle_tunnels: Option<crate::memory::IdleTunnels>,
     /// The relay and client with many requests in flight.
     pub in_flight: Option<crate::memory::InFlight>,
+    /// The same through fresh peer tunnels (with `--peers`): (path, figures).
+    pub in_flight_peers: Vec<(String, crate::memory::InFlight)>,
     /// Things that were skipped or looked off.
     pub notes: Vec<String>,
 }
@@ -249,6 +251,37 @@ pub fn summarize(paths: &mut [PathReport]) {
             }
         }
     }
+}
+
+/// One line of the in-flight memory figures of `path`.
+fn in_flight_line(path: &str, m: &crate::memory::InFlight) -> String {
+    let show = |v: &[(String, u64)]| {
+        v.iter()
+            .map(|(n, k)| format!("{n} {} MiB", mib(*k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let per_request: Vec<String> = m
+        .during_kib
+        .iter()
+        .zip(&m.before_kib)
+        .map(|((n, d), (_, b))| {
+            let kib = d.saturating_sub(*b) as f64 / m.held.max(1) as f64;
+            format!(
+                "{n} {kib:.1} KiB ({:.0} MiB per 10,000)",
+                kib * 10_000.0 / 1024.0
+            )
+        })
+        .collect();
+    format!(
+        "{} requests in flight through {path} (target held {}, {} answered 200 once released): RSS {} (before: {}); per request: {}",
+        m.requests,
+        m.held,
+        m.answered,
+        show(&m.during_kib),
+        show(&m.before_kib),
+        per_request.join(", ")
+    )
 }
 
 fn mib(kib: u64) -> String {
@@ -447,34 +480,14 @@ pub fn table(r: &Report) -> String {
         );
     }
     if let Some(m) = &r.in_flight {
-        let show = |v: &[(String, u64)]| {
-            v.iter()
-                .map(|(n, k)| format!("{n} {} MiB", mib(*k)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let per_request: Vec<String> = m
-            .during_kib
-            .iter()
-            .zip(&m.before_kib)
-            .map(|((n, d), (_, b))| {
-                let kib = d.saturating_sub(*b) as f64 / m.held.max(1) as f64;
-                format!(
-                    "{n} {kib:.1} KiB ({:.0} MiB per 10,000)",
-                    kib * 10_000.0 / 1024.0
-                )
-            })
-            .collect();
         let _ = writeln!(
             out,
-            "{} requests in flight on a fresh relay and client (target held {}, {} answered 200 once released): RSS {} (before: {}); per request: {}",
-            m.requests,
-            m.held,
-            m.answered,
-            show(&m.during_kib),
-            show(&m.before_kib),
-            per_request.join(", ")
+            "{}",
+            in_flight_line("Porthole (fresh relay and client)", m)
         );
+    }
+    for (name, m) in &r.in_flight_peers {
+        let _ = writeln!(out, "{}", in_flight_line(&format!("{name} (fresh)"), m));
     }
     if let Some(m) = &r.idle_tunnels {
         let _ = writeln!(

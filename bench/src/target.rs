@@ -3,8 +3,8 @@
 //!
 //! Routes: `GET /download/N` streams N bytes; `POST /upload` drains the body and answers
 //! the byte count; `GET /hold` answers only once `POST /release` was called (or after
-//! a minute), and `GET /held` counts the requests being held (the in-flight memory
-//! scenario); any other `POST` drains the body and answers a tiny JSON; anything else
+//! a minute), `GET /held` counts the requests being held and `POST /rearm` makes
+//! `GET /hold` wait again (the in-flight memory scenario); any other `POST` drains the body and answers a tiny JSON; anything else
 //! answers `ok`.
 
 use std::io::Write;
@@ -64,7 +64,8 @@ pub fn run(addr: &str, threads: usize) -> Result<()> {
 
 /// Requests waiting in `GET /hold`.
 static HELD: AtomicUsize = AtomicUsize::new(0);
-/// Set by `POST /release`: held requests answer, new ones answer at once.
+/// Set by `POST /release`: held requests answer, new ones answer at once (until
+/// `POST /rearm`, before the next measurement).
 static RELEASED: AtomicBool = AtomicBool::new(false);
 /// How long `GET /hold` waits at most.
 const HOLD_LIMIT: Duration = Duration::from_secs(60);
@@ -127,6 +128,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<BenchBody>, hyper::Er
         if path == "/release" {
             RELEASED.store(true, Ordering::SeqCst);
             release_signal().notify_waiters();
+        } else if path == "/rearm" {
+            RELEASED.store(false, Ordering::SeqCst);
         }
         if path == "/upload" {
             Response::builder()
