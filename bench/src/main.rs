@@ -834,7 +834,6 @@ async fn time_to_url(
     Ok(t)
 }
 
-/// Adds bore and rathole rows when their binaries are on PATH; failures become notes.
 /// The same in-flight measurement through fresh rathole tunnels (noise and tcp), for
 /// comparison; bore is left out, as a second bore server cannot take its fixed port.
 /// At most 1,000 requests: with 5,000, rathole-noise had 489 held at the target after
@@ -854,8 +853,10 @@ async fn in_flight_peers(target: SocketAddr, work: &Path, n: usize, report: &mut
         let measured = async {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let p = paths::rathole(&bin, target, &dir, transport).await?;
-            let m = memory::in_flight(&p, target, n).await?;
-            anyhow::Ok((p.name.clone(), m))
+            let name = p.name.clone();
+            let m = paths::measure_then_stop(p, async |p| memory::in_flight(p, target, n).await)
+                .await?;
+            anyhow::Ok((name, m))
         };
         match measured.await {
             Ok(m) => report.in_flight_peers.push(m),
@@ -866,6 +867,7 @@ async fn in_flight_peers(target: SocketAddr, work: &Path, n: usize, report: &mut
     }
 }
 
+/// Adds bore and rathole rows when their binaries are on PATH; failures become notes.
 async fn setup_peers(
     paths: &mut Vec<PathUnderTest>,
     target: SocketAddr,

@@ -317,17 +317,26 @@ pub async fn wait_ready(client: &mut Proc, timeout: Duration) -> Result<Ready> {
     Ok(Ready { host })
 }
 
-/// Runs `measure` on a relay and client of their own (see [`porthole`]), then stops them;
-/// their dying during the measurement is the error.
+/// Runs `measure` on a relay and client of their own (see [`porthole`]), then stops them
+/// (see [`measure_then_stop`]).
 pub async fn on_fresh_porthole<T>(
     bins: &PortholeBins,
     target: SocketAddr,
     measure: impl AsyncFnOnce(&PathUnderTest, &RelayInfo) -> Result<T>,
 ) -> Result<T> {
-    let (mut fresh, info) = porthole(bins, target).await?;
-    let measured = measure(&fresh, &info).await;
-    let alive = fresh.check_alive();
-    fresh.stop().await;
+    let (fresh, info) = porthole(bins, target).await?;
+    measure_then_stop(fresh, async |p| measure(p, &info).await).await
+}
+
+/// Runs `measure` on `path`, then stops its processes; their dying during the
+/// measurement is the error.
+pub async fn measure_then_stop<T>(
+    mut path: PathUnderTest,
+    measure: impl AsyncFnOnce(&PathUnderTest) -> Result<T>,
+) -> Result<T> {
+    let measured = measure(&path).await;
+    let alive = path.check_alive();
+    path.stop().await;
     alive.and(measured)
 }
 

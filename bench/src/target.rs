@@ -4,8 +4,8 @@
 //! Routes: `GET /download/N` streams N bytes; `POST /upload` drains the body and answers
 //! the byte count; `GET /hold` answers only once `POST /release` was called (or after
 //! a minute), `GET /held` counts the requests being held and `POST /rearm` makes
-//! `GET /hold` wait again (the in-flight memory scenario); any other `POST` drains the body and answers a tiny JSON; anything else
-//! answers `ok`.
+//! `GET /hold` wait again (the in-flight memory scenario); any other `POST` drains the
+//! body and answers a tiny JSON; anything else answers `ok`.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
