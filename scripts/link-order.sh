@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Regenerates the link order of the release binaries: tunnel-client/link-order.txt and
-# relay-server/link-order.txt, read by scripts/release-link.rs, the build script of both (docs/internals.md,
-# "Code layout").
+# relay-server/link-order.txt, read by scripts/release-link.rs, the build script of both
+# (docs/internals.md, "Code layout").
 #
 # Each binary runs its everyday work under valgrind's callgrind: start, connect, HTTP
-# requests through the tunnel, idle, stop. The functions it executed, hottest first,
-# become the order file; the linker puts them at the start of .text, together, so the
+# requests through the tunnel, idle, stop. The functions it executed, grouped by the
+# runs that used them and hottest first within a group, become the order file; the linker puts them at the start of .text, together, so the
 # code a running process touches fills few pages instead of being spread over all of
 # them. Run it after a toolchain or dependency update (symbol names carry a hash that
 # changes with them; stale names are skipped, silently, and the layout degrades back to
@@ -66,11 +66,14 @@ wait_for() {
 # The first "KEY":"VALUE" of a one-line JSON file (empty if it has none).
 field() { { grep -o "\"$1\":\"[^\"]*\"" "$2" || true; } | head -1 | cut -d'"' -f4; }
 
-callgrind() {
-    local out=$1
+# Runs COMMAND... in place of this (background) shell, so that $! is its own pid, which
+# stop() signals: under callgrind with its profile named NAME, or as it is when NAME is
+# `plain`.
+run_as() {
+    local name=$1
     shift
-    # exec: run in the background, $! is valgrind's own pid, which stop() signals.
-    exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/$out.cg" "$@"
+    if [ "$name" = plain ]; then exec "$@"; fi
+    exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/$name.cg" "$@"
 }
 
 # A 4 KiB JSON webhook, as in the benchmark.
@@ -89,7 +92,7 @@ requests() {
 
 # A local HTTP/1.1 target (keep-alive) that answers 200 with a short JSON body.
 cat >"$WORK/target.py" <<'EOF'
-import http.server, sys
+import http.server
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def answer(self):
@@ -112,16 +115,13 @@ PIDS+=($!)
 wait_for "$WORK/target.port" '[0-9]'
 TARGET=127.0.0.1:$(cat "$WORK/target.port")
 
-# A relay with the serve options after $1, under callgrind when $1 is a name for its
-# profile.
+# A relay with the serve options after $1, run as $1 (see run_as).
 start_relay() {
     local dir=$WORK/relay-$1
     mkdir -p "$dir"
     local cmd=("$BIN/porthole-relay" serve --json --data-dir "$dir" --http-addr 127.0.0.1:0
         --tunnel-addr 127.0.0.1:0 "${@:2}")
-    if [ "$1" = plain ]; then "${cmd[@]}" >"$dir/out" 2>"$dir/err" &
-    else callgrind "$1" "${cmd[@]}" >"$dir/out" 2>"$dir/err" &
-    fi
+    run_as "$1" "${cmd[@]}" >"$dir/out" 2>"$dir/err" &
     PIDS+=($!)
     RELAY_PID=$!
     wait_for "$dir/out" listening
@@ -132,15 +132,13 @@ start_relay() {
     RELAY_TOKEN=$("$BIN/porthole-relay" token add "$1" --data-dir "$dir" 2>/dev/null | tail -1)
 }
 
-# A client of the current relay, under callgrind when $1 is a name for its profile.
+# A client of the current relay named $1, run as $1 (see run_as).
 start_client() {
     local name=$1
     shift
     local cmd=("$BIN/porthole" http "$@" --relay "$RELAY_TUNNEL" --relay-pin "$RELAY_PIN"
         --token "$RELAY_TOKEN" --name "$name" --json)
-    if [ "$name" = plain ]; then PORTHOLE_DATA_DIR=$WORK/c-$name "${cmd[@]}" >"$WORK/$name.out" 2>&1 &
-    else PORTHOLE_DATA_DIR=$WORK/c-$name callgrind "$name" "${cmd[@]}" >"$WORK/$name.out" 2>&1 &
-    fi
+    PORTHOLE_DATA_DIR=$WORK/c-$name run_as "$name" "${cmd[@]}" >"$WORK/$name.out" 2>&1 &
     PIDS+=($!)
     CLIENT_PID=$!
     wait_for "$WORK/$name.out" '"url"'
@@ -185,7 +183,7 @@ for mode in inspect quiet; do
 done
 stop "$RELAY_PID"
 # Local mode: the in-process relay and the built-in target.
-PORTHOLE_DATA_DIR=$WORK/c-local callgrind client-local "$BIN/porthole" http --json \
+PORTHOLE_DATA_DIR=$WORK/c-local run_as client-local "$BIN/porthole" http --json \
     --local-addr 127.0.0.1:0 --inspect 127.0.0.1:0 >"$WORK/local.out" 2>&1 &
 PIDS+=($!)
 LOCAL_PID=$!
