@@ -401,7 +401,12 @@ pub fn pattern(i: u64) -> u8 {
 impl Target {
     /// Starts the target on an ephemeral loopback port.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the target on `addr` (an ephemeral port of another local address).
+    pub async fn start_on(addr: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
