@@ -5,7 +5,9 @@
 # For each path, interleaved over ROUNDS: wrk at c=1 with the bench's 4 KiB JSON POST
 # (p50, p99 and how many requests completed, which shows stalls longer than the p99);
 # the same while a download through the same tunnel is read at RATE (curl's
-# --limit-rate, default 20M: a fast uplink); then a download at full speed.
+# --limit-rate, default 20M: a fast uplink); then a download at full speed. Last, time
+# to URL over the lossy link: TTU_SAMPLES (default 20) starts of a second client, each
+# from spawn to the first 200 through the relay.
 #   sudo scripts/lossy-link.sh [LOSS_PER_1000 (default 5)] [SECS (default 4)]
 # Needs root, ip (iproute2), nft (nftables), wrk and curl; BIN (default target/release)
 # holds porthole, porthole-relay and porthole-bench (`cargo build --release --workspace
@@ -16,6 +18,7 @@ LOSS=${1:-5}
 SECS=${2:-4}
 ROUNDS=${ROUNDS:-2}
 RATE=${RATE:-20M}
+TTU_SAMPLES=${TTU_SAMPLES:-20}
 BIN=$(cd "${BIN:-target/release}" && pwd)
 for tool in ip nft wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "lossy-link: $tool is not installed" >&2; exit 2; }
@@ -37,6 +40,9 @@ cleanup() {
 }
 trap cleanup EXIT
 IN() { ip netns exec "$NS" "$@"; }
+# For background processes: exec, so that $! is the program itself (ip netns exec execs
+# it in turn) and cleanup's kill reaches it; the namespace going away does not.
+IN_BG() { exec ip netns exec "$NS" "$@"; }
 
 ip netns add "$NS"
 ip link add "$VA" type veth peer name "$VB"
@@ -58,7 +64,7 @@ wait_for() { for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; 
 field() { python3 -c "import json,sys;print(json.loads(open(sys.argv[1]).readline())[sys.argv[2]])" "$1" "$2"; }
 free_port() { python3 -c "import socket,sys;s=socket.socket();s.bind((sys.argv[1],0));print(s.getsockname()[1])" "$1"; }
 
-IN "$BIN/porthole-bench" target-server --addr 127.0.0.1:0 --threads 1 >"$D/target.out" 2>&1 &
+IN_BG "$BIN/porthole-bench" target-server --addr 127.0.0.1:0 --threads 1 >"$D/target.out" 2>&1 &
 PIDS+=($!)
 wait_for "$D/target.out" 127.0.0.1
 TARGET=$(grep -o '127.0.0.1:[0-9]*' "$D/target.out" | head -1)
@@ -68,7 +74,7 @@ TARGET=$(grep -o '127.0.0.1:[0-9]*' "$D/target.out" | head -1)
 PIDS+=($!)
 wait_for "$D/relay.out" listening
 TOKEN=$("$BIN/porthole-relay" token add lossy --data-dir "$D" 2>/dev/null | tail -1)
-IN env PORTHOLE_TOKEN="$TOKEN" PORTHOLE_DATA_DIR="$D" "$BIN/porthole" http "$TARGET" --name lossy \
+IN_BG env PORTHOLE_TOKEN="$TOKEN" PORTHOLE_DATA_DIR="$D" "$BIN/porthole" http "$TARGET" --name lossy \
   --relay "$(field "$D/relay.out" tunnel)" --relay-pin "$(field "$D/relay.out" pin)" \
   --inspect off --json --quiet >"$D/client.out" 2>"$D/client.err" &
 PIDS+=($!)
@@ -95,7 +101,7 @@ if command -v rathole >/dev/null; then
     rathole --server "$D/rathole-$transport-server.toml" >"$D/rathole-$transport-server.log" 2>&1 &
     PIDS+=($!)
     sleep 0.2
-    IN rathole --client "$D/rathole-$transport-client.toml" >"$D/rathole-$transport-client.log" 2>&1 &
+    IN_BG rathole --client "$D/rathole-$transport-client.toml" >"$D/rathole-$transport-client.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 100); do curl -s -o /dev/null -m 2 "http://127.0.0.1:$PUBLIC/" && break; sleep 0.1; done
     PATHS+=("rathole-$transport 127.0.0.1:$PUBLIC lossy.localhost")
@@ -134,3 +140,28 @@ for round in $(seq "$ROUNDS"); do
       "$lp99" "$ln" "$(python3 -c "print(${mbps:-0}/1e6)")"
   done
 done
+
+# Time to URL: spawn a client in the namespace, poll its URL until it answers 200, stop
+# it, and wait until its name answers 404 again before the next start.
+RELAY_TUNNEL=$(field "$D/relay.out" tunnel)
+RELAY_PIN=$(field "$D/relay.out" pin)
+HTTP=$(field "$D/relay.out" http)
+status() { curl -s -o /dev/null -m 1 -w '%{http_code}' -H "Host: lossy-ttu.localhost" "http://$HTTP/" || true; }
+samples=()
+for _ in $(seq "$TTU_SAMPLES"); do
+  t0=$(date +%s%N)
+  IN_BG env PORTHOLE_TOKEN="$TOKEN" PORTHOLE_DATA_DIR="$D" "$BIN/porthole" http --name lossy-ttu \
+    --relay "$RELAY_TUNNEL" --relay-pin "$RELAY_PIN" --inspect off --json --quiet >/dev/null 2>&1 &
+  pid=$!
+  for _ in $(seq 3000); do [ "$(status)" = 200 ] && break; sleep 0.002; done
+  samples+=($(( ($(date +%s%N) - t0) / 1000000 )))
+  kill -INT "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for _ in $(seq 500); do [ "$(status)" = 404 ] && break; sleep 0.01; done
+done
+python3 - "${samples[@]}" <<'PY'
+import statistics, sys
+ms = sorted(int(x) for x in sys.argv[1:])
+print(f"time to URL over the lossy link, {len(ms)} starts: median {statistics.median(ms):.0f} ms, "
+      f"p90 {ms[int(len(ms) * 0.9)]} ms, max {ms[-1]} ms, mean {statistics.mean(ms):.0f} ms")
+PY
