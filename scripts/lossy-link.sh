@@ -74,12 +74,18 @@ TARGET=$(grep -o '127.0.0.1:[0-9]*' "$D/target.out" | head -1)
 PIDS+=($!)
 wait_for "$D/relay.out" listening
 TOKEN=$("$BIN/porthole-relay" token add lossy --data-dir "$D" 2>/dev/null | tail -1)
-IN_BG env PORTHOLE_TOKEN="$TOKEN" PORTHOLE_DATA_DIR="$D" "$BIN/porthole" http "$TARGET" --name lossy \
-  --relay "$(field "$D/relay.out" tunnel)" --relay-pin "$(field "$D/relay.out" pin)" \
-  --inspect off --json --quiet >"$D/client.out" 2>"$D/client.err" &
+RELAY_HTTP=$(field "$D/relay.out" http)
+RELAY_TUNNEL=$(field "$D/relay.out" tunnel)
+RELAY_PIN=$(field "$D/relay.out" pin)
+# start_client NAME [TARGET]: a client in the namespace (run it with &).
+start_client() {
+  IN_BG env PORTHOLE_TOKEN="$TOKEN" PORTHOLE_DATA_DIR="$D" "$BIN/porthole" http ${2:+"$2"} \
+    --name "$1" --relay "$RELAY_TUNNEL" --relay-pin "$RELAY_PIN" --inspect off --json --quiet
+}
+start_client lossy "$TARGET" >"$D/client.out" 2>"$D/client.err" &
 PIDS+=($!)
 wait_for "$D/client.out" ready
-PATHS=("porthole $(field "$D/relay.out" http) lossy.localhost")
+PATHS=("porthole $RELAY_HTTP lossy.localhost")
 
 if command -v rathole >/dev/null; then
   KEYS=$(rathole --genkey)
@@ -143,15 +149,11 @@ done
 
 # Time to URL: spawn a client in the namespace, poll its URL until it answers 200, stop
 # it, and wait until its name answers 404 again before the next start.
-RELAY_TUNNEL=$(field "$D/relay.out" tunnel)
-RELAY_PIN=$(field "$D/relay.out" pin)
-HTTP=$(field "$D/relay.out" http)
-status() { curl -s -o /dev/null -m 1 -w '%{http_code}' -H "Host: lossy-ttu.localhost" "http://$HTTP/" || true; }
+status() { curl -s -o /dev/null -m 1 -w '%{http_code}' -H "Host: lossy-ttu.localhost" "http://$RELAY_HTTP/" || true; }
 samples=()
 for _ in $(seq "$TTU_SAMPLES"); do
   t0=$(date +%s%N)
-  IN_BG env PORTHOLE_TOKEN="$TOKEN" PORTHOLE_DATA_DIR="$D" "$BIN/porthole" http --name lossy-ttu \
-    --relay "$RELAY_TUNNEL" --relay-pin "$RELAY_PIN" --inspect off --json --quiet >/dev/null 2>&1 &
+  start_client lossy-ttu >/dev/null 2>&1 &
   pid=$!
   for _ in $(seq 3000); do [ "$(status)" = 200 ] && break; sleep 0.002; done
   samples+=($(( ($(date +%s%N) - t0) / 1000000 )))

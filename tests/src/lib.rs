@@ -330,6 +330,19 @@ impl Client {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Proc> {
+        let mut all_env = vec![("PORTHOLE_TOKEN", token)];
+        all_env.extend_from_slice(env);
+        Proc::spawn(
+            &bin("porthole"),
+            &Self::args(relay, target, extra),
+            &all_env,
+        )
+    }
+
+    /// The arguments of `porthole http TARGET` against `relay` (`--json`, the relay's
+    /// pin, the inspector off unless `extra` passes `--inspect`), for spawning it
+    /// another way (in a network namespace, say).
+    pub fn args(relay: &Relay, target: &str, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "http".into(),
             target.into(),
@@ -343,9 +356,7 @@ impl Client {
             args.extend(["--inspect".to_owned(), "off".to_owned()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut all_env = vec![("PORTHOLE_TOKEN", token)];
-        all_env.extend_from_slice(env);
-        Proc::spawn(&bin("porthole"), &args, &all_env)
+        args
     }
 
     /// The Host header that reaches this tunnel.

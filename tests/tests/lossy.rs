@@ -159,20 +159,7 @@ async fn webhooks_cross_a_lossy_link_intact_and_once() {
         .await
         .unwrap();
     let token = relay.token("dev").unwrap();
-    let args: Vec<String> = [
-        "http",
-        &format!("http://{}", target.addr),
-        "--relay",
-        &relay.tunnel.to_string(),
-        "--relay-pin",
-        &relay.pin,
-        "--json",
-        "--inspect",
-        "off",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = Client::args(&relay, &format!("http://{}", target.addr), &[]);
     let mut client = Proc::spawn(
         Path::new("ip"),
         &ns.exec_args(&bin("porthole"), &args),
