@@ -22,15 +22,16 @@ if [ "${PORTHOLE_SKIP_BROWSER:-}" != "1" ]; then
 fi
 
 # The ACME test runs Pebble (Debian's `pebble`: pebble and pebble-challtestsrv); the
-# deploy test runs `systemd-analyze verify` (Debian's `systemd`); the lossy-link test
-# makes a network namespace with `ip` (iproute2) and drops packets with `nft`
-# (nftables; PORTHOLE_SKIP_NETNS=1 skips that test).
+# deploy test runs `systemd-analyze verify` (Debian's `systemd`); a streaming test
+# reads the relay's socket state with `ss` (iproute2); the lossy-link test makes a
+# network namespace with `ip` (iproute2) and drops packets with `nft` (nftables;
+# PORTHOLE_SKIP_NETNS=1 skips that test).
 missing=()
 command -v pebble >/dev/null 2>&1 && command -v pebble-challtestsrv >/dev/null 2>&1 || missing+=(pebble)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v ss >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ "${PORTHOLE_SKIP_NETNS:-}" != "1" ]; then
-  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use shared_proto::{codes, Header, RequestHead, ResponseHead, Scheme, ServerMessage, StreamHead};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -35,6 +35,27 @@ use crate::quic::{
 };
 use crate::upgrade;
 use crate::Relay;
+
+/// Bytes of a response the kernel may hold unsent for one visitor before the relay
+/// stops writing to that socket (`TCP_NOTSENT_LOWAT`).
+///
+/// Without it, a download to a visitor that reads at a steady rate moves in bursts: the
+/// kernel reports the socket writable only once a third of its send buffer (autotuned
+/// up to 4 MiB) is free, so the relay refilled over a megabyte at a time and the whole
+/// tunnel (relay, QUIC, client, target) ran flat out for a millisecond or more while
+/// every small exchange on it waited in line. With the mark, the socket is writable
+/// whenever less than this waits to be sent, and the download moves in steps about
+/// this size. Bytes already sent and not yet acknowledged do not count, so a long, fast
+/// path is not slowed; less of a download sits in kernel buffers, too.
+pub const VISITOR_NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Socket options for a visitor's connection (HTTP, HTTPS and TCP tunnels): no Nagle
+/// delay, and [`VISITOR_NOTSENT_LOWAT`]. Failing to set either is not an error.
+pub(crate) fn tune_visitor_socket(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(VISITOR_NOTSENT_LOWAT);
+}
 
 /// Concurrent HTTP/2 streams per visitor connection.
 pub const H2_MAX_STREAMS: u32 = 256;
@@ -77,7 +98,7 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
+        tune_visitor_socket(&stream);
         let relay = relay.clone();
         // One task per connection, spawned per kind: a task is as large as its biggest
         // state, and a plain connection should not carry the TLS handshake's (2 KiB

@@ -209,7 +209,7 @@ async fn accept_loop(
                         .get(&port)
                         .map(|e| e.route.clone());
                     let Some(route) = route else { break };
-                    let _ = stream.set_nodelay(true);
+                    crate::ingress::tune_visitor_socket(&stream);
                     tokio::spawn(carry(route, stream, peer));
                 }
                 Err(e) => {
