@@ -36,25 +36,34 @@ use crate::quic::{
 use crate::upgrade;
 use crate::Relay;
 
-/// Bytes of a response the kernel may hold unsent for one visitor before the relay
-/// stops writing to that socket (`TCP_NOTSENT_LOWAT`).
+/// Bytes the kernel may hold unsent on a TCP socket the tunnel writes a body into (the
+/// relay's to a visitor, the client's to its target) before the writer stops
+/// (`TCP_NOTSENT_LOWAT`).
 ///
-/// Without it, a download to a visitor that reads at a steady rate moves in bursts: the
-/// kernel reports the socket writable only once a third of its send buffer (autotuned
-/// up to 4 MiB) is free, so the relay refilled over a megabyte at a time and the whole
-/// tunnel (relay, QUIC, client, target) ran flat out for a millisecond or more while
-/// every small exchange on it waited in line. With the mark, the socket is writable
-/// whenever less than this waits to be sent, and the download moves in steps about
-/// this size. Bytes already sent and not yet acknowledged do not count, so a long, fast
-/// path is not slowed; less of a download sits in kernel buffers, too.
-pub const VISITOR_NOTSENT_LOWAT: u32 = 128 * 1024;
+/// Without it, a body read at a steady rate at the far end moves in bursts: the kernel
+/// reports the socket writable only once a third of its send buffer (autotuned up to 4
+/// MiB) is free, so the tunnel refilled over a megabyte at a time and ran flat out (relay,
+/// QUIC, client and target) for a millisecond or more while every small exchange on it
+/// waited in line. With the mark, the socket is writable whenever less than this waits to
+/// be sent, and the body moves in steps about this size. Bytes already sent and not yet
+/// acknowledged do not count, so a long, fast path is not slowed; less of a body sits in
+/// kernel buffers, too.
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Sets [`NOTSENT_LOWAT`] on `stream` (where the OS has the option); failing is not an
+/// error.
+pub fn limit_unsent(stream: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
+}
 
 /// Socket options for a visitor's connection (HTTP, HTTPS and TCP tunnels): no Nagle
-/// delay, and [`VISITOR_NOTSENT_LOWAT`]. Failing to set either is not an error.
+/// delay, and [`limit_unsent`]. Failing to set either is not an error.
 pub(crate) fn tune_visitor_socket(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(VISITOR_NOTSENT_LOWAT);
+    limit_unsent(stream);
 }
 
 /// Concurrent HTTP/2 streams per visitor connection.

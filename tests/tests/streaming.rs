@@ -623,12 +623,11 @@ impl rustls::client::danger::ServerCertVerifier for ExactCert {
     }
 }
 
-/// The relay's socket to `visitor` as `ss -tni` shows it: (bytes sent, bytes waiting
-/// unsent in the kernel).
-fn relay_socket_state(relay_port: u16, visitor: std::net::SocketAddr) -> Option<(u64, u64)> {
-    let filter = format!("( sport = :{relay_port} and dport = :{} )", visitor.port());
+/// A loopback TCP socket as `ss -tni` shows it, picked by its local and remote ports:
+/// (bytes sent, bytes waiting unsent in the kernel).
+fn socket_state(filter: &str) -> Option<(u64, u64)> {
     let out = std::process::Command::new("ss")
-        .args(["-tniH", "state", "established", &filter])
+        .args(["-tniH", "state", "established", filter])
         .output()
         .expect("ss (iproute2) runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -640,6 +639,36 @@ fn relay_socket_state(relay_port: u16, visitor: std::net::SocketAddr) -> Option<
     // `notsent` is left out when nothing is waiting.
     Some((field("bytes_sent:")?, field("notsent:").unwrap_or(0)))
 }
+
+/// Waits until the socket `filter` picks has stopped sending with bytes waiting (its
+/// peer's window is full), and answers how many wait unsent.
+async fn unsent_once_stalled(filter: &str) -> u64 {
+    let deadline = Instant::now() + STEP;
+    let mut last = None;
+    let mut still = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{filter}: the transfer never stalled: {last:?}"
+        );
+        let now = socket_state(filter);
+        match now {
+            Some((_, unsent)) if unsent > 0 && now == last => {
+                still += 1;
+                if still == 5 {
+                    return unsent;
+                }
+            }
+            _ => still = 0,
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The low-water mark (128 KiB) plus at most one write's worth; without it a stalled
+/// socket held about 4 MiB.
+const MAX_UNSENT: u64 = 192 * 1024;
 
 #[tokio::test]
 async fn a_visitor_that_stops_reading_has_little_of_its_download_waiting_in_the_relay() {
@@ -660,30 +689,14 @@ async fn a_visitor_that_stops_reading_has_little_of_its_download_waiting_in_the_
     visitor.write_all(req.as_bytes()).await.unwrap();
 
     // Wait until the relay's writes stop against the visitor's full window.
-    let deadline = Instant::now() + STEP;
-    let mut last = None;
-    let mut still = 0;
-    let unsent = loop {
-        assert!(
-            Instant::now() < deadline,
-            "the download never stalled: {last:?}"
-        );
-        let now = relay_socket_state(relay.http.port(), me);
-        match now {
-            Some((_, unsent)) if unsent > 0 && now == last => {
-                still += 1;
-                if still == 5 {
-                    break unsent;
-                }
-            }
-            _ => still = 0,
-        }
-        last = now;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    // The mark (128 KiB) plus at most one write's worth; without it this was ~4 MiB.
+    let unsent = unsent_once_stalled(&format!(
+        "( sport = :{} and dport = :{} )",
+        relay.http.port(),
+        me.port()
+    ))
+    .await;
     assert!(
-        unsent <= 192 * 1024,
+        unsent <= MAX_UNSENT,
         "{unsent} bytes wait unsent in the relay's socket to a stalled visitor"
     );
 
@@ -700,4 +713,43 @@ async fn a_visitor_that_stops_reading_has_little_of_its_download_waiting_in_the_
         .iter()
         .enumerate()
         .all(|(i, &b)| b == pattern(i as u64)));
+}
+
+#[tokio::test]
+async fn a_target_that_stops_reading_an_upload_has_little_of_it_waiting_in_the_client() {
+    // The other direction: the client keeps only a small unsent backlog in its socket
+    // to a target that reads slower than the upload arrives.
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        // Accept and never read.
+        let (conn, _) = target.accept().await.unwrap();
+        tokio::time::sleep(STEP * 2).await;
+        drop(conn);
+    });
+    let (relay, client) = setup(&target_addr.to_string()).await;
+    let size = 64usize << 20;
+    let mut visitor = TcpStream::connect(relay.http).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: {}\r\ncontent-length: {size}\r\n\r\n",
+        client.host()
+    );
+    use tokio::io::AsyncWriteExt;
+    visitor.write_all(head.as_bytes()).await.unwrap();
+    let uploading = tokio::spawn(async move {
+        let chunk = vec![7u8; 256 * 1024];
+        for _ in 0..size / chunk.len() {
+            if visitor.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        visitor
+    });
+    let unsent = unsent_once_stalled(&format!("( dport = :{} )", target_addr.port())).await;
+    assert!(
+        unsent <= MAX_UNSENT,
+        "{unsent} bytes wait unsent in the client's socket to a stalled target"
+    );
+    uploading.abort();
+    held.abort();
 }

@@ -141,9 +141,9 @@ pub type TunnelMap = Arc<HashMap<u32, TunnelTarget>>;
 /// Forwards exchanges to targets and records them.
 pub struct Forwarder {
     /// HTTP/1.1 to `http://` targets; ALPN `h2` or HTTP/1.1 to `https://` targets.
-    client: Client<HttpsConnector<HttpConnector<crate::loopback::Resolver>>, TunnelBody>,
+    client: Client<HttpsConnector<TargetConnector>, TunnelBody>,
     /// HTTP/2 by prior knowledge to `http://` targets (`--target-h2`).
-    h2c: Option<Client<HttpConnector<crate::loopback::Resolver>, TunnelBody>>,
+    h2c: Option<Client<TargetConnector, TunnelBody>>,
     sinks: Sinks,
     ids: IdSource,
     body_cap: usize,
@@ -186,6 +186,7 @@ impl Forwarder {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
         http.enforce_http(false);
+        let http = TargetConnector(http);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(crate::target_tls::client_config(opts)?)
             .https_or_http()
@@ -819,8 +820,48 @@ async fn carry_tcp(target: &Target, first: Bytes, send: GuardedSend, mut recv: R
         }
     };
     let _ = stream.set_nodelay(true);
+    relay_server::ingress::limit_unsent(&stream);
     if let Err(e) = relay_server::upgrade::splice(stream, first, send, recv).await {
         tracing::debug!("TCP connection to {addr} ended: {e}");
+    }
+}
+
+/// hyper's connector to the target, with [`relay_server::ingress::limit_unsent`] on each
+/// new connection: an upload to a target that reads at a steady rate then moves through
+/// the tunnel in small steps, not megabyte bursts that hold up the small exchanges.
+#[derive(Clone, Debug)]
+struct TargetConnector(HttpConnector<crate::loopback::Resolver>);
+
+type Connecting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+                    <HttpConnector<crate::loopback::Resolver> as tower_service::Service<Uri>>::Error,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<Uri> for TargetConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = <HttpConnector<crate::loopback::Resolver> as tower_service::Service<Uri>>::Error;
+    type Future = Connecting;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            relay_server::ingress::limit_unsent(io.inner());
+            Ok(io)
+        })
     }
 }
 
