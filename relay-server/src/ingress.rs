@@ -59,9 +59,10 @@ pub fn limit_unsent(stream: &TcpStream) {
     let _ = stream;
 }
 
-/// Socket options for a visitor's connection (HTTP, HTTPS and TCP tunnels): no Nagle
-/// delay, and [`limit_unsent`]. Failing to set either is not an error.
-pub(crate) fn tune_visitor_socket(stream: &TcpStream) {
+/// Socket options for a TCP connection the tunnel carries a body over (a visitor's at
+/// the relay, for HTTP, HTTPS and TCP tunnels; a TCP tunnel's target at the client): no
+/// Nagle delay, and [`limit_unsent`]. Failing to set either is not an error.
+pub fn tune_body_socket(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     limit_unsent(stream);
 }
@@ -107,7 +108,7 @@ pub(crate) async fn serve(
                 }
             },
         };
-        tune_visitor_socket(&stream);
+        tune_body_socket(&stream);
         let relay = relay.clone();
         // One task per connection, spawned per kind: a task is as large as its biggest
         // state, and a plain connection should not carry the TLS handshake's (2 KiB

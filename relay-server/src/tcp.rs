@@ -209,7 +209,7 @@ async fn accept_loop(
                         .get(&port)
                         .map(|e| e.route.clone());
                     let Some(route) = route else { break };
-                    crate::ingress::tune_visitor_socket(&stream);
+                    crate::ingress::tune_body_socket(&stream);
                     tokio::spawn(carry(route, stream, peer));
                 }
                 Err(e) => {

@@ -623,8 +623,8 @@ impl rustls::client::danger::ServerCertVerifier for ExactCert {
     }
 }
 
-/// A loopback TCP socket as `ss -tni` shows it, picked by its local and remote ports:
-/// (bytes sent, bytes waiting unsent in the kernel).
+/// The established TCP socket an `ss` port filter picks, as `ss -tni` shows it: (bytes
+/// sent, bytes waiting unsent in the kernel).
 fn socket_state(filter: &str) -> Option<(u64, u64)> {
     let out = std::process::Command::new("ss")
         .args(["-tniH", "state", "established", filter])

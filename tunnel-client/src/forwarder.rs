@@ -819,8 +819,7 @@ async fn carry_tcp(target: &Target, first: Bytes, send: GuardedSend, mut recv: R
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
-    relay_server::ingress::limit_unsent(&stream);
+    relay_server::ingress::tune_body_socket(&stream);
     if let Err(e) = relay_server::upgrade::splice(stream, first, send, recv).await {
         tracing::debug!("TCP connection to {addr} ended: {e}");
     }
@@ -832,20 +831,15 @@ async fn carry_tcp(target: &Target, first: Bytes, send: GuardedSend, mut recv: R
 #[derive(Clone, Debug)]
 struct TargetConnector(HttpConnector<crate::loopback::Resolver>);
 
-type Connecting = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = Result<
-                    hyper_util::rt::TokioIo<tokio::net::TcpStream>,
-                    <HttpConnector<crate::loopback::Resolver> as tower_service::Service<Uri>>::Error,
-                >,
-            > + Send,
-    >,
->;
+type ConnectError =
+    <HttpConnector<crate::loopback::Resolver> as tower_service::Service<Uri>>::Error;
+type TargetIo = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+type Connecting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<TargetIo, ConnectError>> + Send>>;
 
 impl tower_service::Service<Uri> for TargetConnector {
-    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
-    type Error = <HttpConnector<crate::loopback::Resolver> as tower_service::Service<Uri>>::Error;
+    type Response = TargetIo;
+    type Error = ConnectError;
     type Future = Connecting;
 
     fn poll_ready(
