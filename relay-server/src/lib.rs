@@ -408,10 +408,10 @@ impl Relay {
 
         tracing::info!(
             domain = %self.cfg.domain,
-            http = ?addrs.http,
-            https = ?addrs.https,
+            http = %shown(addrs.http),
+            https = %shown(addrs.https),
             tunnel = %addrs.tunnel,
-            admin = ?addrs.admin,
+            admin = %shown(addrs.admin),
             pin = %self.pin,
             "relay listening"
         );
@@ -460,4 +460,9 @@ impl Relay {
     pub(crate) fn next_exchange_id(&self) -> u64 {
         self.next_exchange.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// A listener's address for the log, or `off` when it is not configured.
+fn shown(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }

@@ -1,5 +1,6 @@
 //! `porthole-relay`: parse arguments, start tracing, run.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -147,6 +148,8 @@ fn init_tracing(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: a journal or a log file gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -286,10 +289,12 @@ fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 eprintln!("no tokens (create one with `porthole-relay token add NAME`)");
             }
             for t in tokens {
+                let created = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(t.created_at.max(0).unsigned_abs());
                 println!(
                     "{}\tcreated {}\treserved: {}",
                     t.name,
-                    t.created_at,
+                    humantime::format_rfc3339_seconds(created),
                     if t.reserved.is_empty() {
                         "-".into()
                     } else {

@@ -619,3 +619,67 @@ async fn certificate_files_are_reloaded_without_a_restart() {
     .await;
     assert!(!trusted_by(&cert_a));
 }
+
+/// Logs written to a pipe or a file (a journal, `> relay.log`) are plain text, without
+/// terminal colour codes, and `token list` shows when each token was made as a date.
+#[tokio::test]
+async fn logs_off_a_terminal_are_plain_and_token_dates_readable() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let args: Vec<String> = [
+        "serve",
+        "--domain",
+        "localhost",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--tunnel-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "off",
+        "--data-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([dir.path().display().to_string()])
+    .collect();
+    let relay = Proc::spawn(&bin("porthole-relay"), &args, &[("PORTHOLE_LOG", "info")]).unwrap();
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    while !relay.stderr().contains("relay listening") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line: {}",
+            relay.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = relay.stderr();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
+    assert!(log.contains("https=off"), "{log}");
+
+    let out = std::process::Command::new(bin("porthole-relay"))
+        .args(["token", "add", "ops"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = std::process::Command::new(bin("porthole-relay"))
+        .args(["token", "list"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    let created = list
+        .split('\t')
+        .find_map(|f| f.strip_prefix("created "))
+        .unwrap_or_else(|| panic!("no creation date in {list:?}"));
+    let when = humantime::parse_rfc3339(created)
+        .unwrap_or_else(|e| panic!("{created:?} is not an RFC 3339 date: {e}"));
+    let age = std::time::SystemTime::now()
+        .duration_since(when)
+        .expect("created in the past");
+    assert!(age < Duration::from_secs(600), "{list}");
+}

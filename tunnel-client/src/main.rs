@@ -1,5 +1,6 @@
 //! `porthole`: parse arguments, start tracing, run.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 // glibc's allocator spent a fifth of the client's CPU under load (malloc_consolidate
@@ -17,6 +18,8 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: a journal or a log file gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let rt = match runtime() {
