@@ -479,11 +479,28 @@ async fn run(args: Args) -> Result<()> {
             if let (Some(second), Some(i)) = (second_tunnel.as_mut(), ours) {
                 let (direct, p) = (&paths[0], &paths[i]);
                 let separate = head_of_line(&wrk_bin, &script, p, second, &cfg, &payload).await?;
+                // The same, with the second tunnel's bulk work at the lowest CPU priority:
+                // what a low-priority bulk lane inside one tunnel could reach.
+                let idle_class = match procs::set_idle_class(second.pids(), true).await {
+                    Ok(()) => {
+                        let r = head_of_line(&wrk_bin, &script, p, second, &cfg, &payload).await;
+                        procs::set_idle_class(second.pids(), false).await?;
+                        Some(r?)
+                    }
+                    Err(e) => {
+                        report.notes.push(format!(
+                            "round {}: idle-class control not measured: {e:#}",
+                            round + 1
+                        ));
+                        None
+                    }
+                };
                 let direct = head_of_line(&wrk_bin, &script, p, direct, &cfg, &payload).await?;
                 report.hol_control.push(report::HolControl {
                     idle_p99_us: figs[i].lat_p99_us.unwrap_or(f64::NAN),
                     same_tunnel_p99_us: figs[i].hol_p99_us.unwrap_or(f64::NAN),
                     separate_tunnel_p99_us: separate,
+                    separate_idle_class_p99_us: idle_class,
                     direct_download_p99_us: direct,
                 });
                 second.check_alive()?;
