@@ -488,6 +488,8 @@ async fn run(args: Args) -> Result<()> {
                         Some(r?)
                     }
                     Err(e) => {
+                        // Whichever process did move goes back before anything else runs.
+                        let _ = procs::set_idle_class(second.pids(), false).await;
                         report.notes.push(format!(
                             "round {}: idle-class control not measured: {e:#}",
                             round + 1
