@@ -470,20 +470,17 @@ pub fn table(r: &Report) -> String {
         let med = |get: fn(&HolControl) -> f64| {
             median(&r.hol_control.iter().map(get).collect::<Vec<_>>()).unwrap_or(f64::NAN)
         };
-        let idle_class: Vec<(f64, f64)> = r
+        let idle_class_p99: Vec<f64> = r
             .hol_control
             .iter()
-            .filter_map(|h| Some((h.separate_idle_class_p99_us?, h.idle_p99_us)))
+            .filter_map(|h| h.separate_idle_class_p99_us)
             .collect();
-        let idle_class = match (
-            median(&idle_class.iter().map(|(p, _)| *p).collect::<Vec<_>>()),
-            median(
-                &idle_class
-                    .iter()
-                    .map(|(p, idle)| p / idle.max(1.0))
-                    .collect::<Vec<_>>(),
-            ),
-        ) {
+        let idle_class_ratio: Vec<f64> = r
+            .hol_control
+            .iter()
+            .filter_map(|h| Some(h.separate_idle_class_p99_us? / h.idle_p99_us.max(1.0)))
+            .collect();
+        let idle_class = match (median(&idle_class_p99), median(&idle_class_ratio)) {
             (Some(p99), Some(ratio)) => format!(
                 ", the separate tunnel with its relay and client in the idle scheduling class {p99:.0} µs ({ratio:.2}x)"
             ),
