@@ -336,6 +336,17 @@ async fn run(args: Args) -> Result<()> {
                 Err(e) => report.notes.push(format!("queue mode not measured: {e:#}")),
             }
         }
+        // The same tunnel without its bulk lane, in every round: what the lane changes
+        // (head-of-line above all).
+        if cfg.hol_bytes > 0 {
+            let relay_pid = paths[1].procs[0].pid;
+            match paths::porthole_lane_off(&bins, &info, relay_pid, target_addr).await {
+                Ok(p) => paths.push(p),
+                Err(e) => report
+                    .notes
+                    .push(format!("bulk lane off not measured: {e:#}")),
+            }
+        }
         if args.inspector {
             let relay_pid = paths[1].procs[0].pid;
             match paths::porthole_inspect(&bins, &info, relay_pid, target_addr).await {
@@ -418,21 +429,6 @@ async fn run(args: Args) -> Result<()> {
         wrk_run(&wrk_bin, &script, p, cfg.connections, cfg.warmup_secs).await?;
     }
 
-    // A second, separate Porthole tunnel: the head-of-line control runs the download
-    // through it while the small requests go through the first.
-    let mut second_tunnel: Option<PathUnderTest> = None;
-    if let (Some((bins, _)), true) = (&porthole_ctx, cfg.hol_bytes > 0) {
-        match paths::porthole(bins, target_addr).await {
-            Ok((mut p, _)) => {
-                p.name = "porthole (second tunnel)".into();
-                second_tunnel = Some(p);
-            }
-            Err(e) => report
-                .notes
-                .push(format!("head-of-line control not measured: {e:#}")),
-        }
-    }
-
     // Interleaved rounds.
     let n = paths.len();
     for round in 0..cfg.rounds as usize {
@@ -476,36 +472,14 @@ async fn run(args: Args) -> Result<()> {
                 p.check_alive()?;
             }
             let ours = paths.iter().position(|p| p.name == "porthole");
-            if let (Some(second), Some(i)) = (second_tunnel.as_mut(), ours) {
+            if let Some(i) = ours {
                 let (direct, p) = (&paths[0], &paths[i]);
-                let separate = head_of_line(&wrk_bin, &script, p, second, &cfg, &payload).await?;
-                // The same, with the second tunnel's bulk work at the lowest CPU priority:
-                // what a low-priority bulk lane inside one tunnel could reach.
-                let idle_class = match procs::set_idle_class(second.pids(), true).await {
-                    Ok(()) => {
-                        let r = head_of_line(&wrk_bin, &script, p, second, &cfg, &payload).await;
-                        procs::set_idle_class(second.pids(), false).await?;
-                        Some(r?)
-                    }
-                    Err(e) => {
-                        // Whichever process did move goes back before anything else runs.
-                        let _ = procs::set_idle_class(second.pids(), false).await;
-                        report.notes.push(format!(
-                            "round {}: idle-class control not measured: {e:#}",
-                            round + 1
-                        ));
-                        None
-                    }
-                };
                 let direct = head_of_line(&wrk_bin, &script, p, direct, &cfg, &payload).await?;
                 report.hol_control.push(report::HolControl {
                     idle_p99_us: figs[i].lat_p99_us.unwrap_or(f64::NAN),
                     same_tunnel_p99_us: figs[i].hol_p99_us.unwrap_or(f64::NAN),
-                    separate_tunnel_p99_us: separate,
-                    separate_idle_class_p99_us: idle_class,
                     direct_download_p99_us: direct,
                 });
-                second.check_alive()?;
             }
         }
         for (i, f) in figs.into_iter().enumerate() {
@@ -638,7 +612,7 @@ async fn run(args: Args) -> Result<()> {
         report.wall_secs
     ));
 
-    for p in paths.into_iter().chain(second_tunnel) {
+    for p in paths {
         p.stop().await;
     }
     if let Some(q) = queue_path {

@@ -229,10 +229,11 @@ impl PortholeBins {
         name: &str,
         inspect: Option<&str>,
     ) -> Result<Proc> {
-        self.spawn_client_with(relay, target, name, inspect, &[])
+        self.spawn_client_with(relay, target, name, inspect, &[], &[])
     }
 
-    /// [`PortholeBins::spawn_client`] with extra flags (`--delivery queue`).
+    /// [`PortholeBins::spawn_client`] with extra flags (`--delivery queue`) and
+    /// environment variables.
     pub fn spawn_client_with(
         &self,
         relay: &RelayInfo,
@@ -240,10 +241,12 @@ impl PortholeBins {
         name: &str,
         inspect: Option<&str>,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Proc> {
         // History and the delivered set in the bench's own scratch dir, never the
         // user's (a big delivered set would skew start-up time and memory).
         let mut cmd = self.client_command(relay, target, &self.work);
+        cmd.envs(env.iter().copied());
         cmd.arg("--name")
             .arg(name)
             .arg("--inspect")
@@ -374,8 +377,14 @@ pub async fn porthole_queue(
     info: &RelayInfo,
     target: SocketAddr,
 ) -> Result<PathUnderTest> {
-    let client =
-        bins.spawn_client_with(info, target, "bench-queue", None, &["--delivery", "queue"])?;
+    let client = bins.spawn_client_with(
+        info,
+        target,
+        "bench-queue",
+        None,
+        &["--delivery", "queue"],
+        &[],
+    )?;
     second_client(
         info,
         client,
@@ -400,6 +409,24 @@ pub async fn porthole_inspect(
     let relay = vec![("porthole-relay".into(), relay_pid)];
     second_client(info, client, INSPECT_CLIENT, "porthole+inspect", relay).await
 }
+
+/// A second passthrough client on the same relay with its bulk lane off
+/// (`PORTHOLE_BULK_LANE=off`): the head-of-line control, measured in every round beside
+/// `porthole`, whose large bodies take the lane. The relay is charged to both paths.
+pub async fn porthole_lane_off(
+    bins: &PortholeBins,
+    info: &RelayInfo,
+    relay_pid: u32,
+    target: SocketAddr,
+) -> Result<PathUnderTest> {
+    let env = [("PORTHOLE_BULK_LANE", "off")];
+    let client = bins.spawn_client_with(info, target, "bench-lane-off", None, &[], &env)?;
+    let relay = vec![("porthole-relay".into(), relay_pid)];
+    second_client(info, client, "porthole (lane off)", LANE_OFF, relay).await
+}
+
+/// The row of [`porthole_lane_off`]'s client.
+pub const LANE_OFF: &str = "porthole, bulk lane off";
 
 /// Waits for a further client on the relay of `info` and makes it a path: its process
 /// is labelled `label`, the row `name`; `shared` are processes charged to it too.

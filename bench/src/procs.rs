@@ -222,23 +222,3 @@ pub fn peak_rss_kib(pid: u32) -> Result<u64> {
 pub fn reset_peak_rss(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
-
-/// Moves every thread of each process to the idle scheduling class (`idle`), or back
-/// to the normal one, with util-linux's `chrt`: the head-of-line control that runs a
-/// tunnel's bulk work at the lowest CPU priority.
-pub async fn set_idle_class(pids: Vec<(String, u32)>, idle: bool) -> Result<()> {
-    let class = if idle { "-i" } else { "-o" };
-    for (name, pid) in pids {
-        let status = Command::new("chrt")
-            .args(["-a", class, "-p", "0", &pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .context("running chrt (util-linux)")?;
-        if !status.success() {
-            bail!("chrt {class} on {name} (pid {pid}) failed: {status}");
-        }
-    }
-    Ok(())
-}

@@ -133,21 +133,15 @@ pub struct Report {
 }
 
 /// p99 of Porthole's small POSTs (c=1, µs) while the same throttled download runs
-/// elsewhere. On a small machine the download slows small requests by taking CPU from
-/// them wherever it runs; only what the same tunnel adds over a separate one is
-/// head-of-line blocking in the tunnel itself.
+/// through the tunnel, or straight from the target. On a small machine a download
+/// slows small requests by taking CPU from them wherever it runs; the direct one is
+/// the floor no tunnel can go below.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HolControl {
     /// Without a download, the same round (the table's c=1 p99).
     pub idle_p99_us: f64,
     /// Through the same tunnel (the head-of-line figure of the table).
     pub same_tunnel_p99_us: f64,
-    /// Through a second Porthole tunnel: its own relay and client processes.
-    pub separate_tunnel_p99_us: f64,
-    /// Through the second tunnel with its relay and client (every thread) in the idle
-    /// scheduling class: the bulk work at the lowest CPU priority, as a low-priority
-    /// bulk lane would run it (`None` if the class could not be set).
-    pub separate_idle_class_p99_us: Option<f64>,
     /// Straight from the target: no tunnel process carries it.
     pub direct_download_p99_us: f64,
 }
@@ -470,33 +464,15 @@ pub fn table(r: &Report) -> String {
         let med = |get: fn(&HolControl) -> f64| {
             median(&r.hol_control.iter().map(get).collect::<Vec<_>>()).unwrap_or(f64::NAN)
         };
-        let idle_class_p99: Vec<f64> = r
-            .hol_control
-            .iter()
-            .filter_map(|h| h.separate_idle_class_p99_us)
-            .collect();
-        let idle_class_ratio: Vec<f64> = r
-            .hol_control
-            .iter()
-            .filter_map(|h| Some(h.separate_idle_class_p99_us? / h.idle_p99_us.max(1.0)))
-            .collect();
-        let idle_class = match (median(&idle_class_p99), median(&idle_class_ratio)) {
-            (Some(p99), Some(ratio)) => format!(
-                ", the separate tunnel with its relay and client in the idle scheduling class {p99:.0} µs ({ratio:.2}x)"
-            ),
-            _ => String::new(),
-        };
         let _ = writeln!(
             out,
-            "head-of-line control, porthole small-POST p99 (idle {:.0} µs) while the throttled download runs: through the same tunnel {:.0} µs ({:.2}x idle), a separate tunnel {:.0} µs ({:.2}x){idle_class}, straight from the target {:.0} µs ({:.2}x); same ÷ separate tunnel {:.2} (medians of per-round figures)",
+            "head-of-line control, porthole small-POST p99 (idle {:.0} µs) while the throttled download runs: through the same tunnel {:.0} µs ({:.2}x idle), straight from the target {:.0} µs ({:.2}x) (medians of per-round figures; the row \"{}\" is the same tunnel without its bulk lane)",
             med(|h| h.idle_p99_us),
             med(|h| h.same_tunnel_p99_us),
             med(|h| h.same_tunnel_p99_us / h.idle_p99_us.max(1.0)),
-            med(|h| h.separate_tunnel_p99_us),
-            med(|h| h.separate_tunnel_p99_us / h.idle_p99_us.max(1.0)),
             med(|h| h.direct_download_p99_us),
             med(|h| h.direct_download_p99_us / h.idle_p99_us.max(1.0)),
-            med(|h| h.same_tunnel_p99_us / h.separate_tunnel_p99_us.max(1.0)),
+            crate::paths::LANE_OFF,
         );
     }
     if let Some(m) = &r.in_flight {

@@ -123,7 +123,7 @@ pub fn render_metrics(relay: &Relay) -> String {
         "porthole_requests_in_flight {}",
         m.in_flight.load(Ordering::Relaxed)
     );
-    let counters: [(&str, &str, &AtomicU64); 4] = [
+    let counters: [(&str, &str, &AtomicU64); 5] = [
         (
             "porthole_requests_no_tunnel_total",
             "Visitor requests for a name with no tunnel online (404).",
@@ -138,6 +138,11 @@ pub fn render_metrics(relay: &Relay) -> String {
             "porthole_bytes_out_total",
             "Response body bytes carried from tunnels to visitors.",
             &m.bytes_out,
+        ),
+        (
+            "porthole_bulk_lane_bodies_total",
+            "Response bodies carried on a session's bulk lane (large downloads).",
+            &m.lane_bodies,
         ),
         (
             "porthole_auth_throttled_total",

@@ -85,6 +85,9 @@ struct VisitorConn {
     scheme: Scheme,
     /// TLS server name the visitor asked for, if any.
     sni: Option<String>,
+    /// Moves the connection's task to the bulk lane while it writes a body that came
+    /// on one ([`crate::bulk`]).
+    lane: Arc<crate::lanes::Switch>,
 }
 
 /// Accepts visitor connections on `listener` until `stop` fires.
@@ -113,17 +116,20 @@ pub(crate) async fn serve(
         // One task per connection, spawned per kind: a task is as large as its biggest
         // state, and a plain connection should not carry the TLS handshake's (2 KiB
         // more per connection, which a held request keeps for its whole life).
+        let lane = crate::lanes::Switch::new();
         match &tls {
             None => {
                 let v = VisitorConn {
                     peer,
                     scheme: Scheme::Http,
                     sni: None,
+                    lane: lane.clone(),
                 };
-                tokio::spawn(serve_conn(relay, TokioIo::new(stream), v));
+                crate::lanes::spawn(lane, serve_conn(relay, TokioIo::new(stream), v));
             }
             Some(acceptor) => {
-                tokio::spawn(serve_tls(relay, acceptor.clone(), stream, peer));
+                let tls = serve_tls(relay, acceptor.clone(), stream, peer, lane.clone());
+                crate::lanes::spawn(lane, tls);
             }
         }
     }
@@ -136,6 +142,7 @@ async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    lane: Arc<crate::lanes::Switch>,
 ) {
     let timeout = relay.cfg.header_timeout;
     let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -155,6 +162,7 @@ async fn serve_tls(
         peer,
         scheme: Scheme::Https,
         sni,
+        lane,
     };
     serve_conn(relay, TokioIo::new(stream), v).await;
 }
@@ -452,8 +460,19 @@ async fn route(
             });
             resp
         }
-        Ok(Ok(Answer::Http(mut resp))) => {
+        Ok(Ok(answer @ (Answer::Http(_) | Answer::Bulk(_)))) => {
             relay.metrics.observe_latency(started.elapsed());
+            // A body from the bulk lane is written to an HTTP/1 visitor from the bulk
+            // thread too, until the body is done (an HTTP/2 connection carries other
+            // streams, so it stays).
+            let (mut resp, bulk) = match answer {
+                Answer::Bulk(r) => (r, parts.version < http::Version::HTTP_2),
+                Answer::Http(r) | Answer::Upgraded(r, _) => (r, false),
+            };
+            let lane = bulk.then(|| {
+                visitor.lane.to_bulk();
+                crate::lanes::BackToMain(visitor.lane.clone())
+            });
             if let Some(policy) = policy {
                 policy.edit_response(resp.headers_mut());
             }
@@ -462,7 +481,7 @@ async fn route(
             let relay = relay.clone();
             resp.map(|body| {
                 body.map_frame(move |f| {
-                    let _ = &in_flight;
+                    let _ = (&in_flight, &lane);
                     if let Some(d) = f.data_ref() {
                         let n = d.len() as u64;
                         relay.metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
@@ -581,6 +600,8 @@ fn to_wire(h: &HeaderMap) -> Vec<Header> {
 enum Answer {
     /// A response whose body streams from the tunnel.
     Http(Response<TunnelBody>),
+    /// The same, with the body on the session's bulk lane.
+    Bulk(Response<TunnelBody>),
     /// A 101 to send to the visitor, and the splice to run once hyper hands over the
     /// upgraded connection.
     Upgraded(Response<TunnelBody>, UpgradedStream),
@@ -815,6 +836,11 @@ async fn exchange(
         }
     };
 
+    if resp_head.lane {
+        let (lane, first) = crate::bulk::lane_body(relay, conn, recv.id()).await?;
+        relay.metrics.lane_bodies.fetch_add(1, Ordering::Relaxed);
+        return response(resp_head, recv_body(first, lane)).map(Answer::Bulk);
+    }
     let body = if resp_head.framed {
         framed_body(first, recv)
     } else {

@@ -32,10 +32,12 @@
 
 pub mod acme;
 pub mod admin;
+mod bulk;
 pub mod certs;
 pub mod config;
 pub mod headers;
 pub mod ingress;
+pub mod lanes;
 pub mod limits;
 pub mod names;
 pub mod policy;
@@ -156,6 +158,8 @@ pub struct Metrics {
     pub bytes_in: AtomicU64,
     /// Response body bytes carried from tunnels to visitors.
     pub bytes_out: AtomicU64,
+    /// Response bodies that came on a session's bulk lane.
+    pub lane_bodies: AtomicU64,
     /// Time to response head of tunnelled exchanges: counts per bucket of
     /// [`LATENCY_BUCKETS`] (not cumulative), the last one for +Inf.
     pub latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
@@ -205,6 +209,8 @@ pub struct Relay {
     tokens: TokenStore,
     registry: Arc<dyn Registry>,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    /// Bulk lanes, by the `stable_id` of their session's connection.
+    lanes: Mutex<HashMap<usize, Arc<bulk::LaneBodies>>>,
     next_session: AtomicU64,
     next_exchange: AtomicU64,
     metrics: Metrics,
@@ -273,6 +279,7 @@ impl Relay {
             tokens,
             registry: Arc::new(LocalRegistry::new()),
             sessions: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             next_exchange: AtomicU64::new(1),
             metrics: Metrics::default(),

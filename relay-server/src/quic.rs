@@ -135,7 +135,8 @@ pub const MAX_UDP_PAYLOAD: u16 = 6_550;
 pub const INITIAL_WINDOW: u64 = 4 * MAX_UDP_PAYLOAD as u64;
 
 /// A QUIC endpoint of either side on `socket` (from [`udp_socket`]): a server with
-/// `server`, else a client only; datagrams up to [`MAX_UDP_PAYLOAD`] either way.
+/// `server`, else a client only; datagrams up to [`MAX_UDP_PAYLOAD`] either way. Its
+/// connections' drivers can move to the bulk lane ([`crate::lanes`]).
 pub fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
@@ -143,7 +144,7 @@ pub fn endpoint(
     let mut cfg = quinn::EndpointConfig::default();
     cfg.max_udp_payload_size(MAX_UDP_PAYLOAD)
         .expect("MAX_UDP_PAYLOAD is within QUIC's 1,200..=65,527");
-    quinn::Endpoint::new(cfg, server, socket, Arc::new(quinn::TokioRuntime))
+    quinn::Endpoint::new(cfg, server, socket, Arc::new(crate::lanes::LanedRuntime))
 }
 
 /// How the QUIC transport is tuned, in one place for both sides: the client uses the
@@ -845,6 +846,7 @@ mod tests {
             status: 200,
             headers: vec![shared_proto::Header::new("content-length", "11")],
             framed: false,
+            lane: false,
         };
         let mut bytes = BytesMut::from(&encode_head(&head).unwrap()[..]);
         bytes.extend_from_slice(b"{\"ok\":true}");

@@ -41,9 +41,19 @@ pub(crate) async fn accept_loop(
             },
         };
         let relay = relay.clone();
+        let remote = incoming.remote_address();
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(%remote, "refused connection: {e}");
+                continue;
+            }
+        };
+        // The connection's driver, spawned by `accept`: moved to the bulk thread if
+        // the connection turns out to be a bulk lane.
+        let driver = crate::lanes::last_spawned();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+            let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     debug!(%remote, "handshake failed: {e}");
@@ -56,7 +66,7 @@ pub(crate) async fn accept_loop(
             };
             let id = relay.next_session_id();
             let span = tracing::info_span!("session", id = %id, %remote);
-            run_session(relay, conn, id).instrument(span).await;
+            run_session(relay, conn, id, driver).instrument(span).await;
         });
     }
 }
@@ -98,6 +108,8 @@ pub(crate) async fn watch_revocations(relay: Arc<Relay>, stop: CancellationToken
 struct Control {
     send: quinn::SendStream,
     recv: FrameReader,
+    /// The switch of the connection's driver: a bulk lane's moves to the bulk thread.
+    driver: Option<Arc<crate::lanes::Switch>>,
 }
 
 impl Control {
@@ -122,7 +134,12 @@ async fn refuse(conn: &quinn::Connection, mut ctrl: Control, code: ErrorCode, me
     conn.close(VarInt::from_u32(codes::CLOSE_REFUSED), message.as_bytes());
 }
 
-async fn run_session(relay: Arc<Relay>, conn: quinn::Connection, id: SessionId) {
+async fn run_session(
+    relay: Arc<Relay>,
+    conn: quinn::Connection,
+    id: SessionId,
+    driver: Option<Arc<crate::lanes::Switch>>,
+) {
     let (send, recv) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         _ => {
@@ -136,6 +153,7 @@ async fn run_session(relay: Arc<Relay>, conn: quinn::Connection, id: SessionId) 
     let mut ctrl = Control {
         send,
         recv: FrameReader::new(recv),
+        driver,
     };
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, ctrl.recv.next::<ClientMessage>()).await;
     let (version, token, agent) = match hello {
@@ -335,8 +353,17 @@ async fn serve_control(
                 let json = crate::queue::handle_op(relay, token, op).await;
                 ctrl.send(&ServerMessage::QueueReport { json }).await?;
             }
-            Some(ClientMessage::Hello { .. }) => {
-                conn.close(VarInt::from_u32(codes::CLOSE_PROTOCOL), b"second hello");
+            Some(ClientMessage::Lane { session_id }) if bound.is_empty() => {
+                let main = SessionId(session_id);
+                let driver = ctrl.driver.take();
+                crate::bulk::serve_lane(relay, conn, id, token, main, driver).await;
+                return Ok(());
+            }
+            Some(ClientMessage::Hello { .. } | ClientMessage::Lane { .. }) => {
+                conn.close(
+                    VarInt::from_u32(codes::CLOSE_PROTOCOL),
+                    b"unexpected message",
+                );
                 return Ok(());
             }
         }

@@ -54,6 +54,9 @@ pub enum EncodeError {
     /// A field or the whole frame is over its limit.
     #[error("{0} is over the protocol limit")]
     TooLarge(&'static str),
+    /// Fields that cannot go together.
+    #[error("{0}")]
+    Inconsistent(&'static str),
 }
 
 /// A message that travels as one frame.

@@ -17,6 +17,7 @@ use crate::secret::Secret;
 const TAG_HELLO: u8 = 0x01;
 const TAG_BIND: u8 = 0x02;
 const TAG_QUEUE: u8 = 0x03;
+const TAG_LANE: u8 = 0x04;
 const TAG_WELCOME: u8 = 0x81;
 const TAG_REFUSED: u8 = 0x82;
 const TAG_BOUND: u8 = 0x83;
@@ -171,6 +172,16 @@ pub enum ClientMessage {
     /// A queue command (`porthole queue …`) on the names this token reserved; answered
     /// by one [`ServerMessage::QueueReport`].
     Queue(QueueOp),
+    /// Instead of binds: this connection is the bulk lane of the session `session_id`
+    /// (its [`ServerMessage::Welcome`] id), opened with the same token. The client
+    /// sends large response bodies on it, one unidirectional stream each
+    /// ([`crate::LaneHead`]), so that they can be carried by low-priority threads on
+    /// both sides (docs/streaming.md). The relay does not answer; the connection
+    /// lives as long as the session.
+    Lane {
+        /// The session this lane belongs to.
+        session_id: u64,
+    },
 }
 
 /// Messages the relay sends on the control stream.
@@ -291,6 +302,11 @@ impl Frame for ClientMessage {
                 }
                 Ok(())
             }
+            ClientMessage::Lane { session_id } => {
+                dst.put_u8(TAG_LANE);
+                dst.put_u64(*session_id);
+                Ok(())
+            }
         }
     }
 
@@ -330,6 +346,9 @@ impl Frame for ClientMessage {
                     options,
                 })
             }
+            TAG_LANE => Ok(ClientMessage::Lane {
+                session_id: r.u64("session id")?,
+            }),
             TAG_QUEUE => Ok(ClientMessage::Queue(match r.u8("queue op")? {
                 0 => QueueOp::List {
                     name: r.opt_string("name")?,
@@ -600,6 +619,17 @@ mod tests {
                 message: "m".into(),
             });
         }
+    }
+
+    #[test]
+    fn lane_golden_and_round_trip() {
+        check(
+            &ClientMessage::Lane { session_id: 7 },
+            "00000009040000000000000007",
+        );
+        round_trip(&ClientMessage::Lane {
+            session_id: u64::MAX,
+        });
     }
 
     #[test]

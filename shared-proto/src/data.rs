@@ -11,6 +11,11 @@
 //! its body is then a sequence of [`BodyChunk`] frames — data, then at most one
 //! trailers frame — until FIN. The client frames a response only when the request
 //! asked for trailers (`te: trailers`), so plain responses keep zero-copy raw bodies.
+//!
+//! A large response's body may travel on the session's bulk lane instead
+//! ([`ResponseHead::lane`], tag 0x16): the data stream then ends after the head, and
+//! the body comes as raw bytes on a unidirectional stream of the lane connection that
+//! starts with a [`LaneHead`] naming the data stream.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -25,6 +30,8 @@ const TAG_TCP: u8 = 0x12;
 const TAG_RESPONSE_FRAMED: u8 = 0x13;
 const TAG_CHUNK_DATA: u8 = 0x14;
 const TAG_CHUNK_TRAILERS: u8 = 0x15;
+const TAG_RESPONSE_LANE: u8 = 0x16;
+const TAG_LANE_BODY: u8 = 0x17;
 
 /// Most body bytes one [`BodyChunk::Data`] frame carries (the frame limit less the tag
 /// and the length of the data field).
@@ -116,6 +123,34 @@ pub struct ResponseHead {
     /// Whether the body is a sequence of [`BodyChunk`] frames (it may end with
     /// trailers) instead of raw bytes.
     pub framed: bool,
+    /// Whether the body (raw bytes) follows on the session's bulk lane, on a stream
+    /// that starts with a [`LaneHead`], instead of on this stream. Never with `framed`.
+    pub lane: bool,
+}
+
+/// The first frame of a unidirectional stream on a bulk lane: which exchange's
+/// response body follows, as raw bytes until FIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneHead {
+    /// The QUIC id of the exchange's data stream on the session's main connection.
+    pub stream_id: u64,
+}
+
+impl Frame for LaneHead {
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        dst.put_u8(TAG_LANE_BODY);
+        dst.put_u64(self.stream_id);
+        Ok(())
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, Invalid> {
+        match r.u8("tag")? {
+            TAG_LANE_BODY => Ok(LaneHead {
+                stream_id: r.u64("stream id")?,
+            }),
+            tag => Err(Invalid::UnknownTag(tag)),
+        }
+    }
 }
 
 /// One frame of a framed response body.
@@ -276,10 +311,15 @@ impl Frame for StreamHead {
 
 impl Frame for ResponseHead {
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        dst.put_u8(if self.framed {
-            TAG_RESPONSE_FRAMED
-        } else {
-            TAG_RESPONSE
+        dst.put_u8(match (self.framed, self.lane) {
+            (false, false) => TAG_RESPONSE,
+            (true, false) => TAG_RESPONSE_FRAMED,
+            (false, true) => TAG_RESPONSE_LANE,
+            (true, true) => {
+                return Err(EncodeError::Inconsistent(
+                    "a framed body cannot go on a lane",
+                ))
+            }
         });
         dst.put_u16(self.status);
         put_headers(dst, &self.headers)
@@ -287,7 +327,7 @@ impl Frame for ResponseHead {
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, Invalid> {
         match r.u8("tag")? {
-            tag @ (TAG_RESPONSE | TAG_RESPONSE_FRAMED) => {
+            tag @ (TAG_RESPONSE | TAG_RESPONSE_FRAMED | TAG_RESPONSE_LANE) => {
                 let status = r.u16("status")?;
                 if !(100..=999).contains(&status) {
                     return Err(Invalid::BadValue("status"));
@@ -296,6 +336,7 @@ impl Frame for ResponseHead {
                     status,
                     headers: read_headers(r)?,
                     framed: tag == TAG_RESPONSE_FRAMED,
+                    lane: tag == TAG_RESPONSE_LANE,
                 })
             }
             tag => Err(Invalid::UnknownTag(tag)),
@@ -349,6 +390,7 @@ mod tests {
                 status: 204,
                 headers: vec![],
                 framed: false,
+                lane: false,
             },
             "000000051100cc0000",
         );
@@ -357,9 +399,28 @@ mod tests {
                 status: 200,
                 headers: vec![],
                 framed: true,
+                lane: false,
             },
             "000000051300c80000",
         );
+        check(
+            &ResponseHead {
+                status: 200,
+                headers: vec![],
+                framed: false,
+                lane: true,
+            },
+            "000000051600c80000",
+        );
+        check(&LaneHead { stream_id: 4 }, "00000009170000000000000004");
+        assert!(ResponseHead {
+            status: 200,
+            headers: vec![],
+            framed: true,
+            lane: true,
+        }
+        .encode(&mut BytesMut::new())
+        .is_err());
         check(
             &StreamHead::Tcp(TcpHead {
                 tunnel_id: 9,
@@ -386,11 +447,13 @@ mod tests {
             status: 502,
             headers: vec![Header::new("content-type", b"text/plain".to_vec())],
             framed: false,
+            lane: false,
         });
         round_trip(&ResponseHead {
             status: 200,
             headers: vec![Header::new("content-type", b"application/grpc".to_vec())],
             framed: true,
+            lane: false,
         });
         round_trip(&BodyChunk::Data(bytes::Bytes::from(vec![
             7u8;
@@ -439,6 +502,7 @@ mod tests {
             status: 200,
             headers: vec![],
             framed: false,
+            lane: false,
         }
         .encode(&mut buf)
         .unwrap();

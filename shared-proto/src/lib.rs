@@ -32,7 +32,8 @@ pub use control::{
     VersionMismatch, MAX_TUNNEL_OPTIONS,
 };
 pub use data::{
-    BodyChunk, Header, RequestHead, ResponseHead, Scheme, StreamHead, TcpHead, MAX_CHUNK_DATA,
+    BodyChunk, Header, LaneHead, RequestHead, ResponseHead, Scheme, StreamHead, TcpHead,
+    MAX_CHUNK_DATA,
 };
 pub use name::{NameError, TunnelName};
 pub use secret::Secret;

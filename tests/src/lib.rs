@@ -280,6 +280,16 @@ impl Relay {
     }
 }
 
+/// The value of the first metric line in `text` (the relay's `/metrics`) that starts
+/// with `name` (labels included).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
 /// A `porthole http` process.
 pub struct Client {
     /// The process.

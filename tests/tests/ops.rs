@@ -8,16 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use porthole_tests::{bin, request, Client, Proc, Relay, Target, READY_TIMEOUT};
-
-/// The value of the first metric line that starts with `name` (labels included).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
-}
+use porthole_tests::{bin, metric, request, Client, Proc, Relay, Target, READY_TIMEOUT};
 
 #[tokio::test]
 async fn metrics_move_with_traffic() {

@@ -31,6 +31,7 @@ pub mod dedup;
 pub mod exit;
 pub mod forwarder;
 pub mod inspector;
+pub mod lane;
 pub mod local;
 pub mod loopback;
 pub mod output;

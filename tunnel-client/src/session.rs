@@ -23,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::forwarder::{Forwarder, Target, TunnelMap, TunnelTarget};
+use crate::lane::{BulkLane, LaneConnector};
 use crate::output::{Online, Output};
 use crate::trust::{self, Trust};
+use relay_server::lanes::Switch;
 
 /// How long Ctrl-C waits for in-flight exchanges.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -77,6 +79,8 @@ enum Ended {
 
 struct Connected {
     conn: quinn::Connection,
+    /// The relay's id for this session (a bulk lane names it).
+    session_id: u64,
     ctrl_send: quinn::SendStream,
     ctrl_recv: FrameReader,
     online: Vec<Online>,
@@ -120,6 +124,9 @@ pub async fn run(
     let mut ever_connected = false;
     let mut attempt = 0u32;
     let mut old_conns: Vec<quinn::Connection> = Vec::new();
+    // Large response bodies go on a bulk lane (crate::lane) unless
+    // PORTHOLE_BULK_LANE=off.
+    let bulk_lanes = std::env::var("PORTHOLE_BULK_LANE").map_or(true, |v| v != "off");
 
     let result = loop {
         let addr = match resolve(&cfg.relay).await {
@@ -188,7 +195,17 @@ pub async fn run(
         }
         let connected_at = tokio::time::Instant::now();
         let conn = connected.conn.clone();
-        match serve(connected, &forwarder, &tracker, &shutdown).await {
+        let lane = bulk_lanes.then(|| {
+            Arc::new(LaneConnector::new(
+                ep.clone(),
+                client_cfg.clone(),
+                addr,
+                host.clone(),
+                cfg.token.clone(),
+                connected.session_id,
+            ))
+        });
+        match serve(connected, lane, &forwarder, &tracker, &shutdown).await {
             Ended::Shutdown => break Ok(()),
             Ended::Fatal(m) => break Err(crate::exit::refused(m)),
             Ended::Now(m) => {
@@ -321,8 +338,8 @@ async fn connect(
         agent: format!("porthole/{}", env!("CARGO_PKG_VERSION")),
     };
     send_msg(&mut send, &hello).await.map_err(|e| lost(&e))?;
-    match next_msg(&mut recv, &conn).await? {
-        ServerMessage::Welcome { .. } => {}
+    let session_id = match next_msg(&mut recv, &conn).await? {
+        ServerMessage::Welcome { session_id, .. } => session_id,
         ServerMessage::Refused { code, message } => {
             let sentence = match code {
                 ErrorCode::Unauthorized => format!("the relay refused the token: {message}"),
@@ -340,7 +357,7 @@ async fn connect(
                 "unexpected answer from relay: {other:?}"
             )))
         }
-    }
+    };
     let mut online = Vec::new();
     let mut map = HashMap::new();
     for (i, spec) in cfg.tunnels.iter().enumerate() {
@@ -401,6 +418,7 @@ async fn connect(
     }
     Ok(Connected {
         conn,
+        session_id,
         ctrl_send: send,
         ctrl_recv: recv,
         online,
@@ -455,6 +473,7 @@ async fn closed_reason(conn: &quinn::Connection) -> Ended {
 /// Serves one connected session: accepts data streams, watches the control stream.
 async fn serve(
     c: Connected,
+    lane: Option<Arc<LaneConnector>>,
     forwarder: &Arc<Forwarder>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
@@ -471,6 +490,7 @@ async fn serve(
         let conn = conn.clone();
         let forwarder = forwarder.clone();
         let tracker = tracker.clone();
+        let lane = lane.clone();
         tracker.clone().spawn(async move {
             let ceiling = TransportTuning::default().max_streams;
             let mut allowance = StreamAllowance::new(conn.clone(), INITIAL_STREAMS, ceiling);
@@ -478,10 +498,16 @@ async fn serve(
                 let f = forwarder.clone();
                 let map = map.clone();
                 let open = allowance.opened();
-                tracker.spawn(async move {
-                    f.handle_stream(send, recv, map).await;
+                let switch = Switch::new();
+                let bulk = lane.clone().map(|lane| BulkLane {
+                    lane,
+                    switch: switch.clone(),
+                });
+                let exchange = tracker.track_future(async move {
+                    f.handle_stream(send, recv, map, bulk).await;
                     drop(open);
                 });
+                relay_server::lanes::spawn(switch, exchange);
             }
         })
     };
@@ -512,6 +538,9 @@ async fn serve(
         conn.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"client exiting");
     }
     drop(accept);
+    if let Some(lane) = lane {
+        lane.close();
+    }
     ended
 }
 
