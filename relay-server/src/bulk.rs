@@ -1,28 +1,33 @@
 //! The relay's side of bulk lanes (docs/streaming.md, "The bulk lane").
 //!
 //! A client may open a second QUIC connection for its session, authenticated with the
-//! same token, and send large response bodies on it: the exchange's data stream then
-//! carries only the response head (marked [`shared_proto::ResponseHead::lane`]), and
-//! the body arrives on a unidirectional stream of the lane that starts with a
-//! [`LaneHead`] naming that data stream. The lane's connection driver runs on the bulk
-//! thread ([`crate::lanes`]), and so does the visitor connection while it writes such
-//! a body.
+//! same token, and move large response bodies to it. A response head marked
+//! [`shared_proto::ResponseHead::lane`] (it declares its length) says the body may do
+//! so: its bytes come on the data stream until that stream's FIN, and if that is short
+//! of the declared length, the rest comes on a unidirectional stream of the lane that
+//! starts with a [`LaneHead`] naming the data stream. The client moves a body once
+//! other exchanges of the session are running beside it, so a lone download keeps the
+//! single-connection path. The lane's connection driver runs on the bulk thread
+//! ([`crate::lanes`]), and so does an HTTP/1 visitor's connection while it writes the
+//! rest of such a body.
 //!
-//! The body's stream and the head may arrive in either order; [`LaneBodies`] pairs
-//! them up.
+//! The continuation's stream and the data stream's FIN may arrive in either order;
+//! [`LaneBodies`] pairs them up.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use quinn::{RecvStream, VarInt};
 use shared_proto::{codes, LaneHead};
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use crate::lanes::Switch;
-use crate::quic::{read_head, StreamError};
+use crate::lanes::{BackToMain, Switch};
+use crate::quic::{read_head, recv_body, StreamError, TunnelBody};
 use crate::registry::SessionId;
 use crate::tokens::TokenName;
 use crate::Relay;
@@ -32,7 +37,8 @@ const LANE_STREAMS: u32 = 256;
 /// How long a body that arrived before its head (or whose exchange is gone) waits to
 /// be claimed before it is stopped.
 const UNCLAIMED_FOR: Duration = Duration::from_secs(10);
-/// Deadline for a lane stream's first frame.
+/// Deadline for a lane stream's first frame, and for a body's continuation to come
+/// once its data stream has ended short.
 const LANE_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = (RecvStream, Bytes);
@@ -100,8 +106,94 @@ impl LaneBodies {
     }
 }
 
-/// The body of the exchange on `data` (a data stream of `conn`), sent on the session's
-/// lane. Fails if the session has no lane.
+/// The body of a response head marked `lane`: `main` (the data stream's bytes), then,
+/// if that ended short of `declared` bytes, the rest from the session's lane. When the
+/// rest comes from the lane, `visitor_lane` moves the visitor's connection (which
+/// writes this body) to the bulk thread until the body is done.
+pub(crate) fn continued_body(
+    relay: &Arc<Relay>,
+    conn: &quinn::Connection,
+    data: quinn::StreamId,
+    main: TunnelBody,
+    declared: u64,
+    visitor_lane: Option<Arc<Switch>>,
+) -> TunnelBody {
+    enum Part {
+        Main(TunnelBody),
+        Lane(TunnelBody),
+        Done,
+    }
+    struct State {
+        part: Part,
+        seen: u64,
+        declared: u64,
+        relay: Arc<Relay>,
+        conn: quinn::Connection,
+        data: quinn::StreamId,
+        visitor_lane: Option<Arc<Switch>>,
+        /// Brings the visitor's connection back when the body is done or dropped.
+        _back: Option<BackToMain>,
+    }
+    let state = State {
+        part: Part::Main(main),
+        seen: 0,
+        declared,
+        relay: relay.clone(),
+        conn: conn.clone(),
+        data,
+        visitor_lane,
+        _back: None,
+    };
+    let frames = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            let body = match &mut st.part {
+                Part::Main(b) | Part::Lane(b) => b,
+                Part::Done => return None,
+            };
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(d) = frame.data_ref() {
+                        st.seen += d.len() as u64;
+                    }
+                    return Some((Ok(frame), st));
+                }
+                Some(Err(e)) => {
+                    st.part = Part::Done;
+                    return Some((Err(e), st));
+                }
+                None if matches!(st.part, Part::Lane(_)) || st.seen >= st.declared => return None,
+                None => {}
+            }
+            // The data stream ended short: the rest is on the lane.
+            let rest =
+                tokio::time::timeout(LANE_HEAD_TIMEOUT, lane_body(&st.relay, &st.conn, st.data))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StreamError::Body(
+                            "the rest of the body did not come on the bulk lane".into(),
+                        ))
+                    });
+            match rest {
+                Ok((recv, first)) => {
+                    st.relay.metrics.lane_bodies.fetch_add(1, Ordering::Relaxed);
+                    if let Some(s) = &st.visitor_lane {
+                        s.to_bulk();
+                        st._back = Some(BackToMain(s.clone()));
+                    }
+                    st.part = Part::Lane(recv_body(first, recv));
+                }
+                Err(e) => {
+                    st.part = Part::Done;
+                    return Some((Err(e), st));
+                }
+            }
+        }
+    });
+    http_body_util::StreamBody::new(frames).boxed_unsync()
+}
+
+/// The rest of the body of the exchange on `data` (a data stream of `conn`), sent on
+/// the session's lane. Fails if the session has no lane.
 pub(crate) async fn lane_body(
     relay: &Relay,
     conn: &quinn::Connection,

@@ -449,7 +449,19 @@ async fn route(
     let timeout = relay.cfg.target_timeout;
     let started = std::time::Instant::now();
     let token = route.token.0.clone();
-    let carried = exchange(relay, &route.conn, head, body, max_body, &token, upgrade);
+    // A body that continues on the bulk lane is written to an HTTP/1 visitor from the
+    // bulk thread too (an HTTP/2 connection carries other streams, so it stays).
+    let visitor_lane = (parts.version < http::Version::HTTP_2).then(|| visitor.lane.clone());
+    let carried = exchange(
+        relay,
+        &route.conn,
+        head,
+        body,
+        max_body,
+        &token,
+        upgrade,
+        visitor_lane,
+    );
     match tokio::time::timeout(timeout, carried).await {
         Ok(Ok(Answer::Upgraded(resp, io))) => {
             relay.metrics.observe_latency(started.elapsed());
@@ -460,19 +472,8 @@ async fn route(
             });
             resp
         }
-        Ok(Ok(answer @ (Answer::Http(_) | Answer::Bulk(_)))) => {
+        Ok(Ok(Answer::Http(mut resp))) => {
             relay.metrics.observe_latency(started.elapsed());
-            // A body from the bulk lane is written to an HTTP/1 visitor from the bulk
-            // thread too, until the body is done (an HTTP/2 connection carries other
-            // streams, so it stays).
-            let (mut resp, bulk) = match answer {
-                Answer::Bulk(r) => (r, parts.version < http::Version::HTTP_2),
-                Answer::Http(r) | Answer::Upgraded(r, _) => (r, false),
-            };
-            let lane = bulk.then(|| {
-                visitor.lane.to_bulk();
-                crate::lanes::BackToMain(visitor.lane.clone())
-            });
             if let Some(policy) = policy {
                 policy.edit_response(resp.headers_mut());
             }
@@ -481,7 +482,7 @@ async fn route(
             let relay = relay.clone();
             resp.map(|body| {
                 body.map_frame(move |f| {
-                    let _ = (&in_flight, &lane);
+                    let _ = &in_flight;
                     if let Some(d) = f.data_ref() {
                         let n = d.len() as u64;
                         relay.metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
@@ -600,8 +601,6 @@ fn to_wire(h: &HeaderMap) -> Vec<Header> {
 enum Answer {
     /// A response whose body streams from the tunnel.
     Http(Response<TunnelBody>),
-    /// The same, with the body on the session's bulk lane.
-    Bulk(Response<TunnelBody>),
     /// A 101 to send to the visitor, and the splice to run once hyper hands over the
     /// upgraded connection.
     Upgraded(Response<TunnelBody>, UpgradedStream),
@@ -748,7 +747,9 @@ async fn check_signature(
 /// Carries one exchange over a new data stream and answers the response, whose body
 /// streams from the tunnel as the visitor reads it. A body over `max` bytes fails the
 /// exchange with [`ExchangeError::BodyTooLarge`]. With `upgrade`, the request body half
-/// of the stream stays open for the raw bytes that follow a 101.
+/// of the stream stays open for the raw bytes that follow a 101. `visitor_lane` moves
+/// the visitor's connection to the bulk thread if the body continues on the lane.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     relay: &Arc<Relay>,
     conn: &quinn::Connection,
@@ -757,6 +758,7 @@ async fn exchange(
     max: Option<u64>,
     token: &str,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
+    visitor_lane: Option<Arc<crate::lanes::Switch>>,
 ) -> Result<Answer, ExchangeError> {
     let (send, mut recv) = conn.open_bi().await?;
     let mut send = GuardedSend::new(send);
@@ -836,12 +838,17 @@ async fn exchange(
         }
     };
 
-    if resp_head.lane {
-        let (lane, first) = crate::bulk::lane_body(relay, conn, recv.id()).await?;
-        relay.metrics.lane_bodies.fetch_add(1, Ordering::Relaxed);
-        return response(resp_head, recv_body(first, lane)).map(Answer::Bulk);
-    }
-    let body = if resp_head.framed {
+    let body = if resp_head.lane {
+        let declared = resp_head
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(&h.value).ok()?.trim().parse().ok())
+            .unwrap_or(0);
+        let id = recv.id();
+        let main = recv_body(first, recv);
+        crate::bulk::continued_body(relay, conn, id, main, declared, visitor_lane)
+    } else if resp_head.framed {
         framed_body(first, recv)
     } else {
         recv_body(first, recv)

@@ -833,12 +833,6 @@ async fn deliver(relay: &Relay, route: &Route, rec: &Stored) -> Outcome {
         }
         send.finish();
         let (resp, _) = read_head::<ResponseHead>(&mut recv).await?;
-        if resp.lane {
-            // A large answer on the session's bulk lane is not kept either: taken and
-            // dropped, which stops it.
-            let body = crate::bulk::lane_body(relay, &route.conn, recv.id());
-            let _ = tokio::time::timeout(Duration::from_secs(5), body).await;
-        }
         // Read the (small) answer to its end so the client's exchange completes
         // cleanly; its bytes are not kept.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {

@@ -1,6 +1,7 @@
-//! The bulk lane (docs/streaming.md): a response body of 1 MiB or more travels on a
-//! second QUIC connection of the session, driven on both sides by a thread in the idle
-//! scheduling class, so a big download leaves CPU time to small exchanges.
+//! The bulk lane (docs/streaming.md): once small exchanges run beside a response body
+//! of 1 MiB or more, the rest of the body travels on a second QUIC connection of the
+//! session, driven on both sides by a thread in the idle scheduling class, so a big
+//! download leaves CPU time to small exchanges. A lone download stays on its stream.
 
 use std::time::{Duration, Instant};
 
@@ -65,28 +66,15 @@ async fn lane_bodies(relay: &Relay) -> f64 {
     )
 }
 
-#[tokio::test]
-async fn large_downloads_take_the_bulk_lane_and_small_exchanges_do_not() {
-    let target = Target::start().await.unwrap();
-    let relay = Relay::start(&[]).await.unwrap();
-    let token = relay.token("dev").unwrap();
-    let client = Client::start(&relay, &target.addr.to_string(), &token, &[])
-        .await
-        .unwrap();
-    let host = client.host();
-
-    // Below the threshold: no lane, none opened.
-    assert_eq!(download(&relay, &host, 256 << 10).await.unwrap(), 256 << 10);
-    assert_eq!(lane_bodies(&relay).await, 0.0);
-    assert!(!relay.proc.stderr().contains("bulk lane open"));
-
-    // A 16 MiB download, with small POSTs answered while it runs.
-    let size = 16u64 << 20;
+/// Downloads `size` pattern bytes (checked) through the tunnel, slowly, and sends
+/// `posts` small POSTs on another connection once the first bytes are in; answers the
+/// bytes downloaded.
+async fn download_beside_posts(relay: &Relay, host: &str, size: u64, posts: usize) -> u64 {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let big = {
-        let host = host.clone();
-        let relay_http = relay.http;
+        let (host, addr) = (host.to_owned(), relay.http);
         tokio::spawn(async move {
-            let mut conn = connect(relay_http).await.unwrap();
+            let mut conn = connect(addr).await.unwrap();
             let req = http::Request::builder()
                 .uri(format!("/download?bytes={size}"))
                 .header("host", &host)
@@ -98,7 +86,9 @@ async fn large_downloads_take_the_bulk_lane_and_small_exchanges_do_not() {
                 .unwrap();
             conn.ready().await.unwrap();
             let resp = conn.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
             let mut body = resp.into_body();
+            let mut first = Some(first_tx);
             let mut off = 0u64;
             while let Some(frame) = tokio::time::timeout(STEP, body.frame()).await.unwrap() {
                 if let Ok(d) = frame.unwrap().into_data() {
@@ -107,6 +97,9 @@ async fn large_downloads_take_the_bulk_lane_and_small_exchanges_do_not() {
                         .enumerate()
                         .all(|(i, b)| *b == pattern(off + i as u64)));
                     off += d.len() as u64;
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(());
+                    }
                     // A slow reader, so the small exchanges overlap the transfer.
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -114,15 +107,37 @@ async fn large_downloads_take_the_bulk_lane_and_small_exchanges_do_not() {
             off
         })
     };
+    first_rx.await.expect("the download started");
     let mut conn = connect(relay.http).await.unwrap();
-    for i in 0..20 {
+    for i in 0..posts {
         let body = Bytes::from(format!("small {i}"));
-        let a = send(&mut conn, &host, "POST", "/small", &[], body.clone())
+        let a = send(&mut conn, host, "POST", "/small", &[], body.clone())
             .await
             .unwrap();
         assert_eq!((a.status, a.body), (200, body));
     }
-    assert_eq!(big.await.unwrap(), size, "the whole download arrived");
+    big.await.unwrap()
+}
+
+#[tokio::test]
+async fn a_download_moves_to_the_bulk_lane_once_small_exchanges_run_beside_it() {
+    let target = Target::start().await.unwrap();
+    let relay = Relay::start(&[]).await.unwrap();
+    let token = relay.token("dev").unwrap();
+    let client = Client::start(&relay, &target.addr.to_string(), &token, &[])
+        .await
+        .unwrap();
+    let host = client.host();
+
+    // Below the threshold, or alone: it stays on its data stream, and no lane opens.
+    assert_eq!(download(&relay, &host, 256 << 10).await.unwrap(), 256 << 10);
+    assert_eq!(download(&relay, &host, 8 << 20).await.unwrap(), 8 << 20);
+    assert_eq!(lane_bodies(&relay).await, 0.0);
+    assert!(!relay.proc.stderr().contains("bulk lane open"));
+
+    // With small POSTs beside it, the rest moves; they are all answered.
+    let size = 16u64 << 20;
+    assert_eq!(download_beside_posts(&relay, &host, size, 20).await, size);
     assert_eq!(lane_bodies(&relay).await, 1.0);
     // The lane is part of the session, not a session of its own.
     let m = relay.metrics().await.unwrap();
@@ -132,8 +147,8 @@ async fn large_downloads_take_the_bulk_lane_and_small_exchanges_do_not() {
     assert_eq!(bulk_thread_policies(client.proc.pid()), vec!["5"]);
     assert_eq!(bulk_thread_policies(relay.proc.pid()), vec!["5"]);
 
-    // The next large body reuses the lane.
-    assert_eq!(download(&relay, &host, 2 << 20).await.unwrap(), 2 << 20);
+    // The next one reuses the lane.
+    assert_eq!(download_beside_posts(&relay, &host, size, 5).await, size);
     assert_eq!(lane_bodies(&relay).await, 2.0);
     assert_eq!(relay.proc.stderr().matches("bulk lane open").count(), 1);
 }
@@ -148,7 +163,10 @@ async fn with_the_bulk_lane_off_large_downloads_stay_on_their_data_streams() {
         .await
         .unwrap();
     let size = 8u64 << 20;
-    assert_eq!(download(&relay, &client.host(), size).await.unwrap(), size);
+    assert_eq!(
+        download_beside_posts(&relay, &client.host(), size, 10).await,
+        size
+    );
     assert_eq!(lane_bodies(&relay).await, 0.0);
     assert!(bulk_thread_policies(client.proc.pid()).is_empty());
 }
@@ -179,14 +197,42 @@ async fn a_client_killed_during_a_lane_download_cuts_the_body_promptly() {
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut off = 0u64;
-    while off < 4 << 20 {
+    let mut small = connect(relay.http).await.unwrap();
+    let moved = Instant::now() + STEP;
+    // Read on, with a small POST now and then, until the rest has moved to the lane.
+    while lane_bodies(&relay).await < 1.0 {
+        assert!(
+            Instant::now() < moved,
+            "the download never moved to the lane"
+        );
+        let a = send(
+            &mut small,
+            &client.host(),
+            "POST",
+            "/x",
+            &[],
+            Bytes::from("x"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.status, 200);
+        for _ in 0..16 {
+            let frame = tokio::time::timeout(STEP, body.frame())
+                .await
+                .unwrap()
+                .unwrap();
+            off += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
+        }
+    }
+    // Read a few more MiB from the lane before the client goes.
+    let until = off + (4 << 20);
+    while off < until {
         let frame = tokio::time::timeout(STEP, body.frame())
             .await
             .unwrap()
             .unwrap();
         off += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
     }
-    assert_eq!(lane_bodies(&relay).await, 1.0);
     client.proc.kill().await;
     let killed = Instant::now();
     let ended = loop {

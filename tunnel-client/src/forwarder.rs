@@ -21,19 +21,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use quinn::{RecvStream, SendStream};
 use relay_server::headers::strip_hop_by_hop;
-use relay_server::lanes::Switch;
 use relay_server::quic::BULK_AFTER;
 use relay_server::quic::{
     encode_head, pump_body_framed, pump_body_observed, read_head, recv_body, GuardedSend,
     StreamError, TunnelBody,
 };
-use shared_proto::{codes, Header, LaneHead, RequestHead, ResponseHead, StreamHead};
+use shared_proto::{codes, Header, RequestHead, ResponseHead, StreamHead};
 
 use crate::capture::{
     BodyTap, BoxFuture, CapturedRequest, CapturedResponse, Exchange, ExchangeId, IdSource, Outcome,
     ReplayRequest, Replayer, Sinks,
 };
-use crate::lane::{BulkLane, LaneConnector};
+use crate::lane::{pump_body_laned, BulkLane};
 use crate::signatures::{self, SignatureCheck, TunnelRules};
 use crate::target_tls::TargetOptions;
 
@@ -622,22 +621,19 @@ impl Forwarder {
                     .iter()
                     .map(|(k, v)| Header::new(k.as_str(), v.as_bytes()))
                     .collect();
-                // A large body goes on the session's bulk lane, if it has one.
-                let lane_stream = match &bulk {
-                    Some(b)
-                        if !wants_trailers
-                            && upgraded.is_none()
-                            && http_body::Body::size_hint(&body).lower() >= BULK_AFTER =>
-                    {
-                        Box::pin(open_lane_stream(&b.lane)).await
-                    }
-                    _ => None,
-                };
+                // A large body of known length may move to the session's bulk lane
+                // (crate::lane), if the session has one.
+                let hint = http_body::Body::size_hint(&body);
+                let lane = bulk.as_ref().filter(|_| {
+                    !wants_trailers
+                        && upgraded.is_none()
+                        && hint.exact().is_some_and(|n| n >= BULK_AFTER)
+                });
                 let resp_head = ResponseHead {
                     status: parts.status.as_u16(),
                     headers: wire,
                     framed: wants_trailers,
-                    lane: lane_stream.is_some(),
+                    lane: lane.is_some(),
                 };
                 let mut tap = BodyTap::new(body_cap);
                 let outcome = match encode_head(&resp_head) {
@@ -646,22 +642,14 @@ impl Forwarder {
                             Box::pin(carry_upgraded(on, first, send, recv)).await
                         }
                         (Ok(()), None) => {
-                            // On the lane, the data stream ends with the head, and
-                            // this task moves to the bulk thread for the rest.
-                            let send = match (lane_stream, &bulk) {
-                                (Some(lane), Some(b)) => {
-                                    start_lane_body(send, lane, &b.switch).await
+                            let pumped = match lane {
+                                Some(lane) => {
+                                    pump_body_laned(body, send, |d| tap.observe(d), lane).await
                                 }
-                                _ => Ok(send),
-                            };
-                            let pumped = match send {
-                                Ok(send) if wants_trailers => {
+                                None if wants_trailers => {
                                     pump_body_framed(body, send, |d| tap.observe(d)).await
                                 }
-                                Ok(send) => {
-                                    pump_body_observed(body, send, |d| tap.observe(d)).await
-                                }
-                                Err(e) => Err(e),
+                                None => pump_body_observed(body, send, |d| tap.observe(d)).await,
                             };
                             match pumped {
                                 Ok((_, send)) => {
@@ -811,31 +799,6 @@ impl Forwarder {
 }
 
 /// Whether a request head asks for an HTTP/1.1 upgrade (WebSocket…).
-/// A stream on the session's bulk lane for one response body, if the lane is up.
-async fn open_lane_stream(lane: &LaneConnector) -> Option<GuardedSend> {
-    let conn = lane.connection().await?;
-    conn.open_uni().await.ok().map(GuardedSend::new)
-}
-
-/// Ends the data stream `data` (its head, marked `lane`, is written) and starts the
-/// body's stream on the lane with the [`LaneHead`] that names it; moves the task to
-/// the bulk thread. Answers the stream the body goes on.
-async fn start_lane_body(
-    data: GuardedSend,
-    mut lane: GuardedSend,
-    switch: &Switch,
-) -> Result<GuardedSend, StreamError> {
-    let mut data = data;
-    let stream_id = quinn::VarInt::from(data.stream().id()).into_inner();
-    data.finish();
-    if let Err(e) = lane.write(encode_head(&LaneHead { stream_id })?).await {
-        lane.reset(codes::RESET_FAILED);
-        return Err(e);
-    }
-    switch.to_bulk();
-    Ok(lane)
-}
-
 fn is_upgrade(headers: &[Header]) -> bool {
     let mut map = http::HeaderMap::new();
     for h in headers {

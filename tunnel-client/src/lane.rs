@@ -1,19 +1,24 @@
 //! The client's side of the bulk lane (docs/streaming.md, "The bulk lane"): a second
-//! QUIC connection to the relay, opened with the session's token on the first large
-//! response, whose driver runs on the bulk thread ([`relay_server::lanes`]). A
-//! response body of at least [`relay_server::quic::BULK_AFTER`] bytes goes on it, one
-//! unidirectional stream each, so a big download does not take CPU time from the
-//! small exchanges of the session.
+//! QUIC connection to the relay, opened with the session's token when first needed,
+//! whose driver runs on the bulk thread ([`relay_server::lanes`]). A response body of
+//! known length, at least [`BULK_AFTER`] bytes, starts on its data stream; once other
+//! exchanges of the session run beside it, the rest moves to a unidirectional stream
+//! of the lane and the exchange's task to the bulk thread, so a big download does not
+//! take CPU time from the session's small exchanges. A lone download stays where it
+//! is: handing work between threads costs a third of its speed.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
+use bytes::Bytes;
+use http_body_util::BodyExt;
 use quinn::VarInt;
 use relay_server::lanes::Switch;
-use relay_server::quic::{encode_head, FrameReader};
-use shared_proto::{codes, ClientMessage, Secret, ServerMessage, PROTOCOL_VERSION};
+use relay_server::quic::{encode_head, FrameReader, GuardedSend, StreamError, BULK_AFTER};
+use shared_proto::{codes, ClientMessage, LaneHead, Secret, ServerMessage, PROTOCOL_VERSION};
 
 /// How long opening the lane may take before the body goes on its data stream.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -44,6 +49,9 @@ pub struct LaneConnector {
     token: Secret,
     session_id: u64,
     state: tokio::sync::Mutex<State>,
+    /// Exchanges the session has started: a body moves to the lane once this changes
+    /// under it.
+    started: AtomicU64,
 }
 
 impl LaneConnector {
@@ -65,7 +73,13 @@ impl LaneConnector {
             token,
             session_id,
             state: tokio::sync::Mutex::new(State::Closed),
+            started: AtomicU64::new(0),
         }
+    }
+
+    /// Counts an exchange of the session.
+    pub fn exchange_started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The lane's connection, opened now if need be; `None` if it cannot be had (the
@@ -132,4 +146,80 @@ impl LaneConnector {
             }
         }
     }
+}
+
+/// Pumps a response body whose head was marked `lane`: onto the data stream `send`
+/// until other exchanges of the session start, then (if the lane can be had) the rest
+/// onto a stream of the lane, from the bulk thread. Answers the bytes pumped and the
+/// stream the body ended on, to be finished by the caller.
+pub async fn pump_body_laned<B>(
+    body: B,
+    mut send: GuardedSend,
+    mut observe: impl FnMut(&Bytes),
+    bulk: &BulkLane,
+) -> Result<(u64, GuardedSend), StreamError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let started = bulk.lane.started.load(Ordering::Relaxed);
+    let mut may_move = true;
+    let mut total = 0u64;
+    loop {
+        let data = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) if !d.is_empty() => d,
+                _ => continue,
+            },
+            Some(Err(e)) => {
+                send.reset(codes::RESET_FAILED);
+                return Err(StreamError::Body(e.to_string()));
+            }
+        };
+        if may_move && bulk.lane.started.load(Ordering::Relaxed) != started {
+            // Tried once per body: if the lane cannot be had, the body stays.
+            may_move = false;
+            if let Some(lane) = open_lane_stream(&bulk.lane).await {
+                send = move_to_lane(send, lane, &bulk.switch).await?;
+            }
+        }
+        if total < BULK_AFTER && total + data.len() as u64 >= BULK_AFTER {
+            // As on any data stream: small exchanges' streams go first (failure means
+            // the stream is gone, which the write reports).
+            let _ = send.stream().set_priority(-1);
+        }
+        total += data.len() as u64;
+        observe(&data);
+        if let Err(e) = send.write(data).await {
+            send.reset(codes::RESET_FAILED);
+            return Err(e);
+        }
+    }
+    Ok((total, send))
+}
+
+/// A stream on the session's bulk lane for the rest of one body, if the lane is up.
+async fn open_lane_stream(lane: &LaneConnector) -> Option<GuardedSend> {
+    let conn = lane.connection().await?;
+    conn.open_uni().await.ok().map(GuardedSend::new)
+}
+
+/// Ends the data stream `data` short of its declared length and starts the body's
+/// continuation on the lane with the [`LaneHead`] that names it; moves the task to the
+/// bulk thread. Answers the stream the rest goes on.
+async fn move_to_lane(
+    mut data: GuardedSend,
+    mut lane: GuardedSend,
+    switch: &Switch,
+) -> Result<GuardedSend, StreamError> {
+    let stream_id = VarInt::from(data.stream().id()).into_inner();
+    data.finish();
+    if let Err(e) = lane.write(encode_head(&LaneHead { stream_id })?).await {
+        lane.reset(codes::RESET_FAILED);
+        return Err(e);
+    }
+    switch.to_bulk();
+    Ok(lane)
 }

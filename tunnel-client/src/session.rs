@@ -499,6 +499,9 @@ async fn serve(
                 let map = map.clone();
                 let open = allowance.opened();
                 let switch = Switch::new();
+                if let Some(l) = &lane {
+                    l.exchange_started();
+                }
                 let bulk = lane.clone().map(|lane| BulkLane {
                     lane,
                     switch: switch.clone(),
