@@ -451,7 +451,7 @@ async fn route(
     let token = route.token.0.clone();
     // A body that continues on the bulk lane is written to an HTTP/1 visitor from the
     // bulk thread too (an HTTP/2 connection carries other streams, so it stays).
-    let visitor_lane = (parts.version < http::Version::HTTP_2).then(|| visitor.lane.clone());
+    let visitor_lane = (parts.version < http::Version::HTTP_2).then_some(&visitor.lane);
     let carried = exchange(
         relay,
         &route.conn,
@@ -758,7 +758,7 @@ async fn exchange(
     max: Option<u64>,
     token: &str,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
-    visitor_lane: Option<Arc<crate::lanes::Switch>>,
+    visitor_lane: Option<&Arc<crate::lanes::Switch>>,
 ) -> Result<Answer, ExchangeError> {
     let (send, mut recv) = conn.open_bi().await?;
     let mut send = GuardedSend::new(send);
@@ -847,7 +847,7 @@ async fn exchange(
             .unwrap_or(0);
         let id = recv.id();
         let main = recv_body(first, recv);
-        crate::bulk::continued_body(relay, conn, id, main, declared, visitor_lane)
+        crate::bulk::continued_body(relay, conn, id, main, declared, visitor_lane.cloned())
     } else if resp_head.framed {
         framed_body(first, recv)
     } else {
