@@ -51,9 +51,10 @@ enum Slot {
 }
 
 /// Bodies on one session's lane, by the id of their exchange's data stream.
-#[derive(Default)]
 pub(crate) struct LaneBodies {
     slots: Mutex<HashMap<u64, Slot>>,
+    /// The lane's connection.
+    conn: quinn::Connection,
 }
 
 impl LaneBodies {
@@ -248,12 +249,23 @@ pub(crate) async fn serve_lane(
         d.to_bulk();
     }
     let key = main_conn.stable_id();
-    let bodies = Arc::new(LaneBodies::default());
-    relay
+    let bodies = Arc::new(LaneBodies {
+        slots: Mutex::default(),
+        conn: conn.clone(),
+    });
+    let older = relay
         .lanes
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(key, bodies.clone());
+    // One lane per session: a newer one replaces it (a client opens one per session,
+    // so more would only hold connections open).
+    if let Some(older) = older {
+        older.conn.close(
+            VarInt::from_u32(codes::CLOSE_NORMAL),
+            b"replaced by a newer lane",
+        );
+    }
     conn.set_max_concurrent_uni_streams(VarInt::from_u32(LANE_STREAMS));
     info!(%main, "bulk lane open");
     loop {

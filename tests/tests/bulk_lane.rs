@@ -67,9 +67,9 @@ async fn lane_bodies(relay: &Relay) -> f64 {
 }
 
 /// Downloads `size` pattern bytes (checked) through the tunnel, slowly, and sends
-/// `posts` small POSTs on another connection once the first bytes are in; answers the
-/// bytes downloaded.
-async fn download_beside_posts(relay: &Relay, host: &str, size: u64, posts: usize) -> u64 {
+/// small POSTs on another connection once the first bytes are in, until the body has
+/// moved to the lane or the download is over; answers the bytes downloaded.
+async fn download_beside_posts(relay: &Relay, host: &str, size: u64) -> u64 {
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let big = {
         let (host, addr) = (host.to_owned(), relay.http);
@@ -109,7 +109,15 @@ async fn download_beside_posts(relay: &Relay, host: &str, size: u64, posts: usiz
     };
     first_rx.await.expect("the download started");
     let mut conn = connect(relay.http).await.unwrap();
-    for i in 0..posts {
+    let moved = lane_bodies(relay).await + 1.0;
+    let deadline = Instant::now() + STEP;
+    let mut i = 0;
+    while lane_bodies(relay).await < moved && !big.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the download neither moved nor ended"
+        );
+        i += 1;
         let body = Bytes::from(format!("small {i}"));
         let a = send(&mut conn, host, "POST", "/small", &[], body.clone())
             .await
@@ -136,8 +144,8 @@ async fn a_download_moves_to_the_bulk_lane_once_small_exchanges_run_beside_it() 
     assert!(!relay.proc.stderr().contains("bulk lane open"));
 
     // With small POSTs beside it, the rest moves; they are all answered.
-    let size = 16u64 << 20;
-    assert_eq!(download_beside_posts(&relay, &host, size, 20).await, size);
+    let size = 64u64 << 20;
+    assert_eq!(download_beside_posts(&relay, &host, size).await, size);
     assert_eq!(lane_bodies(&relay).await, 1.0);
     // The lane is part of the session, not a session of its own.
     let m = relay.metrics().await.unwrap();
@@ -148,7 +156,7 @@ async fn a_download_moves_to_the_bulk_lane_once_small_exchanges_run_beside_it() 
     assert_eq!(bulk_thread_policies(relay.proc.pid()), vec!["5"]);
 
     // The next one reuses the lane.
-    assert_eq!(download_beside_posts(&relay, &host, size, 5).await, size);
+    assert_eq!(download_beside_posts(&relay, &host, size).await, size);
     assert_eq!(lane_bodies(&relay).await, 2.0);
     assert_eq!(relay.proc.stderr().matches("bulk lane open").count(), 1);
 }
@@ -164,7 +172,7 @@ async fn with_the_bulk_lane_off_large_downloads_stay_on_their_data_streams() {
         .unwrap();
     let size = 8u64 << 20;
     assert_eq!(
-        download_beside_posts(&relay, &client.host(), size, 10).await,
+        download_beside_posts(&relay, &client.host(), size).await,
         size
     );
     assert_eq!(lane_bodies(&relay).await, 0.0);

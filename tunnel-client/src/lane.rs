@@ -1,11 +1,12 @@
 //! The client's side of the bulk lane (docs/streaming.md, "The bulk lane"): a second
-//! QUIC connection to the relay, opened with the session's token when first needed,
-//! whose driver runs on the bulk thread ([`relay_server::lanes`]). A response body of
-//! known length, at least [`BULK_AFTER`] bytes, starts on its data stream; once other
-//! exchanges of the session run beside it, the rest moves to a unidirectional stream
-//! of the lane and the exchange's task to the bulk thread, so a big download does not
-//! take CPU time from the session's small exchanges. A lone download stays where it
-//! is: handing work between threads costs a third of its speed.
+//! QUIC connection to the relay, opened in the background with the session's token
+//! when first needed, whose driver runs on the bulk thread ([`relay_server::lanes`]).
+//! A response body of known length, at least [`BULK_AFTER`] bytes, starts on its data
+//! stream; once other exchanges of the session run beside it, the rest moves to a
+//! unidirectional stream of the lane and the exchange's task to the bulk thread, so a
+//! big download does not take CPU time from the session's small exchanges. A lone
+//! download stays where it is: handing work between threads costs a third of its
+//! speed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// After a failed attempt, bodies use their data streams this long before the next.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
+/// Whether a session's lane can take a body now.
+pub enum Lane {
+    /// It can, on this connection.
+    Up(quinn::Connection),
+    /// It is being opened.
+    NotYet,
+    /// It could not be opened lately.
+    Unavailable,
+}
+
 /// What a session's exchange needs to put its body on the bulk lane.
 #[derive(Clone)]
 pub struct BulkLane {
@@ -36,6 +47,7 @@ pub struct BulkLane {
 
 enum State {
     Closed,
+    Connecting,
     Up(quinn::Connection),
     Failed(Instant),
 }
@@ -48,7 +60,7 @@ pub struct LaneConnector {
     host: String,
     token: Secret,
     session_id: u64,
-    state: tokio::sync::Mutex<State>,
+    state: std::sync::Mutex<State>,
     /// Exchanges the session has started: a body moves to the lane once this changes
     /// under it.
     started: AtomicU64,
@@ -72,7 +84,7 @@ impl LaneConnector {
             host,
             token,
             session_id,
-            state: tokio::sync::Mutex::new(State::Closed),
+            state: std::sync::Mutex::new(State::Closed),
             started: AtomicU64::new(0),
         }
     }
@@ -82,30 +94,40 @@ impl LaneConnector {
         self.started.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The lane's connection, opened now if need be; `None` if it cannot be had (the
-    /// body then goes on its data stream, as without a lane).
-    pub async fn connection(&self) -> Option<quinn::Connection> {
-        let mut state = self.state.lock().await;
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lane's connection if it is up. If it is not, starts opening it in the
+    /// background (unless that failed less than [`RETRY_AFTER`] ago) and answers
+    /// `Lane::NotYet` or `Lane::Unavailable`; the body stays on its data stream
+    /// meanwhile, so it never waits for a handshake.
+    pub fn connection(self: &Arc<Self>) -> Lane {
+        let mut state = self.state();
         match &*state {
-            State::Up(c) if c.close_reason().is_none() => return Some(c.clone()),
-            State::Failed(at) if at.elapsed() < RETRY_AFTER => return None,
+            State::Up(c) if c.close_reason().is_none() => return Lane::Up(c.clone()),
+            State::Connecting => return Lane::NotYet,
+            State::Failed(at) if at.elapsed() < RETRY_AFTER => return Lane::Unavailable,
             _ => {}
         }
-        let opened = tokio::time::timeout(CONNECT_TIMEOUT, self.open())
-            .await
-            .unwrap_or_else(|_| Err(anyhow!("no answer within {CONNECT_TIMEOUT:?}")));
-        match opened {
-            Ok(c) => {
-                tracing::debug!("bulk lane open");
-                *state = State::Up(c.clone());
-                Some(c)
-            }
-            Err(e) => {
-                tracing::debug!("bulk lane unavailable: {e:#}");
-                *state = State::Failed(Instant::now());
-                None
-            }
-        }
+        *state = State::Connecting;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let opened = tokio::time::timeout(CONNECT_TIMEOUT, this.open())
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("no answer within {CONNECT_TIMEOUT:?}")));
+            *this.state() = match opened {
+                Ok(c) => {
+                    tracing::debug!("bulk lane open");
+                    State::Up(c)
+                }
+                Err(e) => {
+                    tracing::debug!("bulk lane unavailable: {e:#}");
+                    State::Failed(Instant::now())
+                }
+            };
+        });
+        Lane::NotYet
     }
 
     async fn open(&self) -> anyhow::Result<quinn::Connection> {
@@ -140,10 +162,8 @@ impl LaneConnector {
 
     /// Closes the lane (the session it belongs to has ended).
     pub fn close(&self) {
-        if let Ok(state) = self.state.try_lock() {
-            if let State::Up(c) = &*state {
-                c.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"session ended");
-            }
+        if let State::Up(c) = &*self.state() {
+            c.close(VarInt::from_u32(codes::CLOSE_NORMAL), b"session ended");
         }
     }
 }
@@ -179,10 +199,17 @@ where
             }
         };
         if may_move && bulk.lane.started.load(Ordering::Relaxed) != started {
-            // Tried once per body: if the lane cannot be had, the body stays.
-            may_move = false;
-            if let Some(lane) = open_lane_stream(&bulk.lane).await {
-                send = move_to_lane(send, lane, &bulk.switch).await?;
+            match bulk.lane.connection() {
+                Lane::Up(conn) => {
+                    // Tried once: if no stream can be had, the body stays.
+                    may_move = false;
+                    if let Ok(lane) = conn.open_uni().await {
+                        send = move_to_lane(send, GuardedSend::new(lane), &bulk.switch).await?;
+                    }
+                }
+                Lane::Unavailable => may_move = false,
+                // Asked again at the next chunk.
+                Lane::NotYet => {}
             }
         }
         if total < BULK_AFTER && total + data.len() as u64 >= BULK_AFTER {
@@ -198,12 +225,6 @@ where
         }
     }
     Ok((total, send))
-}
-
-/// A stream on the session's bulk lane for the rest of one body, if the lane is up.
-async fn open_lane_stream(lane: &LaneConnector) -> Option<GuardedSend> {
-    let conn = lane.connection().await?;
-    conn.open_uni().await.ok().map(GuardedSend::new)
 }
 
 /// Ends the data stream `data` short of its declared length and starts the body's
