@@ -626,6 +626,22 @@ pub async fn send(
     })
 }
 
+/// Sends a GET for `path` with `Host: host` on an open connection and answers the
+/// response as soon as its head arrives (within `timeout`), its body still streaming.
+pub async fn get(
+    sender: &mut Sender,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<http::Response<Incoming>> {
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", host)
+        .body(full(Bytes::new()))?;
+    sender.ready().await?;
+    Ok(tokio::time::timeout(timeout, sender.send_request(req)).await??)
+}
+
 /// Sends a streamed body of `size` bytes (pattern bytes) and answers the response.
 pub async fn send_streamed(
     addr: SocketAddr,

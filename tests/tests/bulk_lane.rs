@@ -14,16 +14,8 @@ const STEP: Duration = Duration::from_secs(30);
 /// Downloads `size` pattern bytes through the tunnel and checks every byte.
 async fn download(relay: &Relay, host: &str, size: u64) -> anyhow::Result<u64> {
     let mut conn = connect(relay.http).await?;
-    let req = http::Request::builder()
-        .uri(format!("/download?bytes={size}"))
-        .header("host", host)
-        .body(
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )?;
-    conn.ready().await?;
-    let resp = tokio::time::timeout(STEP, conn.send_request(req)).await??;
+    let path = format!("/download?bytes={size}");
+    let resp = get(&mut conn, host, &path, STEP).await?;
     anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
     let mut body = resp.into_body();
     let mut off = 0u64;
@@ -75,17 +67,8 @@ async fn download_beside_posts(relay: &Relay, host: &str, size: u64) -> u64 {
         let (host, addr) = (host.to_owned(), relay.http);
         tokio::spawn(async move {
             let mut conn = connect(addr).await.unwrap();
-            let req = http::Request::builder()
-                .uri(format!("/download?bytes={size}"))
-                .header("host", &host)
-                .body(
-                    http_body_util::Empty::new()
-                        .map_err(|never| match never {})
-                        .boxed_unsync(),
-                )
-                .unwrap();
-            conn.ready().await.unwrap();
-            let resp = conn.send_request(req).await.unwrap();
+            let path = format!("/download?bytes={size}");
+            let resp = get(&mut conn, &host, &path, STEP).await.unwrap();
             assert_eq!(resp.status(), 200);
             let mut body = resp.into_body();
             let mut first = Some(first_tx);
@@ -191,17 +174,8 @@ async fn a_client_killed_during_a_lane_download_cuts_the_body_promptly() {
         .await
         .unwrap();
     let mut conn = connect(relay.http).await.unwrap();
-    let req = http::Request::builder()
-        .uri(format!("/download?bytes={}", 1u64 << 30))
-        .header("host", client.host())
-        .body(
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .unwrap();
-    conn.ready().await.unwrap();
-    let resp = conn.send_request(req).await.unwrap();
+    let path = format!("/download?bytes={}", 1u64 << 30);
+    let resp = get(&mut conn, &client.host(), &path, STEP).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut off = 0u64;

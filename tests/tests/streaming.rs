@@ -350,20 +350,8 @@ async fn a_download_survives_the_client_moving_to_a_new_udp_address() {
     let (relay, client) = setup(&target.addr.to_string()).await;
     let size = 64u64 << 20;
     let mut conn = connect(relay.http).await.unwrap();
-    let req = http::Request::builder()
-        .uri(format!("/download?bytes={size}"))
-        .header("host", client.host())
-        .body(
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .unwrap();
-    conn.ready().await.unwrap();
-    let resp = tokio::time::timeout(STEP, conn.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
+    let path = format!("/download?bytes={size}");
+    let resp = get(&mut conn, &client.host(), &path, STEP).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut off = 0u64;
