@@ -195,7 +195,7 @@ pub(crate) fn continued_body(
 
 /// The rest of the body of the exchange on `data` (a data stream of `conn`), sent on
 /// the session's lane. Fails if the session has no lane.
-pub(crate) async fn lane_body(
+async fn lane_body(
     relay: &Relay,
     conn: &quinn::Connection,
     data: quinn::StreamId,

@@ -4,9 +4,15 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use ipnet::IpNet;
+
+/// The body length a message's `Content-Length` declares, if it has a valid one.
+pub fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
 
 /// What a Host header (or `:authority`) names.
 #[derive(Debug, Clone, PartialEq, Eq)]

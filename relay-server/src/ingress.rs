@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
@@ -27,7 +27,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::headers::{match_host, normalize_host, set_forwarded, strip_hop_by_hop, HostMatch};
+use crate::headers::{
+    declared_length, match_host, normalize_host, set_forwarded, strip_hop_by_hop, HostMatch,
+};
 use crate::policy::Refusal;
 use crate::queue::Decision;
 use crate::quic::{
@@ -587,10 +589,6 @@ fn wants_trailers(h: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
-fn declared_length(h: &HeaderMap) -> Option<u64> {
-    h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
-}
-
 fn to_wire(h: &HeaderMap) -> Vec<Header> {
     h.iter()
         .map(|(k, v)| Header::new(k.as_str(), v.as_bytes()))
@@ -838,17 +836,15 @@ async fn exchange(
         }
     };
 
-    let body = if resp_head.lane {
-        let declared = resp_head
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(&h.value).ok()?.trim().parse().ok())
-            .unwrap_or(0);
+    if resp_head.lane {
         let id = recv.id();
-        let main = recv_body(first, recv);
-        crate::bulk::continued_body(relay, conn, id, main, declared, visitor_lane.cloned())
-    } else if resp_head.framed {
+        let resp = response(resp_head, recv_body(first, recv))?;
+        let declared = declared_length(resp.headers()).unwrap_or(0);
+        return Ok(Answer::Http(resp.map(|main| {
+            crate::bulk::continued_body(relay, conn, id, main, declared, visitor_lane.cloned())
+        })));
+    }
+    let body = if resp_head.framed {
         framed_body(first, recv)
     } else {
         recv_body(first, recv)

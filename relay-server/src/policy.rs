@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use base64::Engine as _;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::StatusCode;
+
+use crate::headers::declared_length;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use shared_proto::TunnelOption;
@@ -347,15 +349,6 @@ pub fn www_authenticate() -> (HeaderName, HeaderValue) {
         WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"porthole\", charset=\"UTF-8\""),
     )
-}
-
-fn declared_length(h: &HeaderMap) -> Option<u64> {
-    h.get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4, so `127.0.0.0/8` matches a dual-stack
