@@ -656,9 +656,7 @@ where
                     if data.is_empty() {
                         continue;
                     }
-                    if total < BULK_AFTER && total + data.len() as u64 >= BULK_AFTER {
-                        mark_bulk(&mut send);
-                    }
+                    mark_bulk_past(&mut send, total, data.len());
                     total += data.len() as u64;
                     observe(&data);
                     if let Err(e) = send.write(data).await {
@@ -680,10 +678,14 @@ where
 /// others: small exchanges sharing the connection are sent first (head-of-line).
 pub const BULK_AFTER: u64 = 1024 * 1024;
 
-fn mark_bulk(send: &mut GuardedSend) {
-    // Lower than the default 0 of every new stream; failure means the stream is gone,
-    // which the next write reports.
-    let _ = send.stream().set_priority(-1);
+/// Drops a body's stream to the bulk priority when its next chunk, of `len` bytes after
+/// `sent`, takes it past [`BULK_AFTER`].
+pub fn mark_bulk_past(send: &mut GuardedSend, sent: u64, len: usize) {
+    if sent < BULK_AFTER && sent + len as u64 >= BULK_AFTER {
+        // Lower than the default 0 of every new stream; failure means the stream is
+        // gone, which the next write reports.
+        let _ = send.stream().set_priority(-1);
+    }
 }
 
 /// The rustls-backed QUIC server configuration for the relay's identity.

@@ -1,12 +1,12 @@
 //! The client's side of the bulk lane (docs/streaming.md, "The bulk lane"): a second
 //! QUIC connection to the relay, opened in the background with the session's token
 //! when first needed, whose driver runs on the bulk thread ([`relay_server::lanes`]).
-//! A response body of known length, at least [`BULK_AFTER`] bytes, starts on its data
-//! stream; once other exchanges of the session run beside it, the rest moves to a
-//! unidirectional stream of the lane and the exchange's task to the bulk thread, so a
-//! big download does not take CPU time from the session's small exchanges. A lone
-//! download stays where it is: handing work between threads costs a third of its
-//! speed.
+//! A response body of known length, at least [`relay_server::quic::BULK_AFTER`]
+//! bytes, starts on its data stream; once other exchanges of the session run beside
+//! it, the rest moves to a unidirectional stream of the lane and the exchange's task to
+//! the bulk thread, so a big download does not take CPU time from the session's small
+//! exchanges. A lone download stays where it is: handing work between threads costs a
+//! third of its speed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use quinn::VarInt;
 use relay_server::lanes::Switch;
-use relay_server::quic::{encode_head, FrameReader, GuardedSend, StreamError, BULK_AFTER};
+use relay_server::quic::{encode_head, mark_bulk_past, FrameReader, GuardedSend, StreamError};
 use shared_proto::{codes, ClientMessage, LaneHead, Secret, ServerMessage, PROTOCOL_VERSION};
 
 /// How long opening the lane may take before the body goes on its data stream.
@@ -99,7 +99,7 @@ impl LaneConnector {
     }
 
     /// The lane's connection if it is up. If it is not, starts opening it in the
-    /// background (unless that failed less than [`RETRY_AFTER`] ago) and answers
+    /// background (unless that failed less than `RETRY_AFTER`, 30 s, ago) and answers
     /// `Lane::NotYet` or `Lane::Unavailable`; the body stays on its data stream
     /// meanwhile, so it never waits for a handshake.
     pub fn connection(self: &Arc<Self>) -> Lane {
@@ -212,11 +212,7 @@ where
                 Lane::NotYet => {}
             }
         }
-        if total < BULK_AFTER && total + data.len() as u64 >= BULK_AFTER {
-            // As on any data stream: small exchanges' streams go first (failure means
-            // the stream is gone, which the write reports).
-            let _ = send.stream().set_priority(-1);
-        }
+        mark_bulk_past(&mut send, total, data.len());
         total += data.len() as u64;
         observe(&data);
         if let Err(e) = send.write(data).await {

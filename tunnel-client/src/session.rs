@@ -498,19 +498,26 @@ async fn serve(
                 let f = forwarder.clone();
                 let map = map.clone();
                 let open = allowance.opened();
-                let switch = Switch::new();
-                if let Some(l) = &lane {
-                    l.exchange_started();
-                }
-                let bulk = lane.clone().map(|lane| BulkLane {
-                    lane,
-                    switch: switch.clone(),
+                // With a lane, the exchange's task can move to the bulk thread; without
+                // one (PORTHOLE_BULK_LANE=off) it is spawned as any task.
+                let bulk = lane.clone().map(|lane| {
+                    lane.exchange_started();
+                    BulkLane {
+                        lane,
+                        switch: Switch::new(),
+                    }
                 });
+                let switch = bulk.as_ref().map(|b| b.switch.clone());
                 let exchange = tracker.track_future(async move {
                     f.handle_stream(send, recv, map, bulk).await;
                     drop(open);
                 });
-                relay_server::lanes::spawn(switch, exchange);
+                match switch {
+                    Some(switch) => relay_server::lanes::spawn(switch, exchange),
+                    None => {
+                        tokio::spawn(exchange);
+                    }
+                }
             }
         })
     };
