@@ -13,7 +13,9 @@
 //! QUIC connection drivers are spawned by quinn through [`LanedRuntime`], so a bulk
 //! lane's connection (packets, encryption, acknowledgements) runs on the bulk thread
 //! too: [`last_spawned`] hands out the switch of the driver that quinn spawned while
-//! accepting or opening it.
+//! accepting or opening it. Their timers follow them ([`LanedTimer`]): a timer stays
+//! with the runtime it was created on, and a driver moved after its handshake would
+//! otherwise wake the main thread at every deadline.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -158,6 +160,15 @@ fn bulk_runtime() -> Option<Handle> {
     .clone()
 }
 
+thread_local! {
+    static ON_BULK_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the caller runs on the bulk lane's thread.
+fn on_bulk_thread() -> bool {
+    ON_BULK_THREAD.with(|b| b.get())
+}
+
 fn start_bulk_thread() -> std::io::Result<Handle> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -167,6 +178,7 @@ fn start_bulk_thread() -> std::io::Result<Handle> {
         .name("porthole-bulk".into())
         .spawn(move || {
             set_idle_class();
+            ON_BULK_THREAD.with(|b| b.set(true));
             rt.block_on(std::future::pending::<()>());
         })?;
     Ok(handle)
@@ -203,7 +215,7 @@ pub struct LanedRuntime;
 
 impl quinn::Runtime for LanedRuntime {
     fn new_timer(&self, at: std::time::Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {
-        quinn::TokioRuntime.new_timer(at)
+        Box::pin(LanedTimer::new(at))
     }
 
     fn spawn(&self, future: BoxedTask) {
@@ -217,6 +229,43 @@ impl quinn::Runtime for LanedRuntime {
         sock: std::net::UdpSocket,
     ) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
         quinn::TokioRuntime.wrap_udp_socket(sock)
+    }
+}
+
+/// A QUIC connection's timer that registers with the runtime of the lane polling it.
+/// A tokio timer belongs to the runtime it was created on, whose thread runs its
+/// deadlines; a connection moved to the bulk lane would keep waking the main thread
+/// (its acknowledgement delays, loss timers, pacing) for every one of them.
+#[derive(Debug)]
+struct LanedTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    on_bulk: bool,
+}
+
+impl LanedTimer {
+    fn new(at: std::time::Instant) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(at.into())),
+            on_bulk: on_bulk_thread(),
+        }
+    }
+}
+
+impl quinn::AsyncTimer for LanedTimer {
+    fn reset(mut self: Pin<&mut Self>, at: std::time::Instant) {
+        self.sleep.as_mut().reset(at.into());
+    }
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let here = on_bulk_thread();
+        if here != self.on_bulk {
+            let at = self.sleep.deadline();
+            *self = Self {
+                sleep: Box::pin(tokio::time::sleep_until(at)),
+                on_bulk: here,
+            };
+        }
+        Future::poll(self.sleep.as_mut(), cx)
     }
 }
 
@@ -255,5 +304,35 @@ mod tests {
         // 5 is SCHED_IDLE.
         assert_eq!(rx.recv().await.unwrap(), "5");
         assert_eq!(rx.recv().await.unwrap(), home);
+    }
+
+    #[test]
+    fn a_timer_follows_its_task_to_the_bulk_thread() {
+        use std::time::{Duration, Instant};
+        // After `block_on` returns, nothing drives this runtime: a timer left
+        // registered with it would never fire.
+        let main = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (fired_tx, fired) = std::sync::mpsc::channel();
+        main.block_on(async {
+            let mut timer = LanedTimer::new(Instant::now() + Duration::from_millis(100));
+            let (on_bulk_tx, on_bulk) = tokio::sync::oneshot::channel();
+            let switch = Switch::new();
+            switch.to_bulk();
+            spawn(switch, async move {
+                let _ = on_bulk_tx.send(thread_name());
+                std::future::poll_fn(|cx| {
+                    quinn::AsyncTimer::poll(std::pin::Pin::new(&mut timer), cx)
+                })
+                .await;
+                let _ = fired_tx.send(thread_name());
+            });
+            assert_eq!(on_bulk.await.unwrap(), "porthole-bulk");
+        });
+        let fired = fired.recv_timeout(Duration::from_secs(10));
+        assert_eq!(fired.as_deref(), Ok("porthole-bulk"));
+        drop(main);
     }
 }

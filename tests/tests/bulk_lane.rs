@@ -238,3 +238,82 @@ async fn a_client_killed_during_a_lane_download_cuts_the_body_promptly() {
     let size = 2u64 << 20;
     assert_eq!(download(&relay, &again.host(), size).await.unwrap(), size);
 }
+
+/// The client moves both its QUIC endpoints to new UDP ports (SIGUSR1, as a network
+/// change would) while a download runs on the lane, whose connection has a socket of
+/// its own: both connections migrate, and the download completes byte-exact.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_lane_download_survives_the_client_moving_to_a_new_udp_address() {
+    let target = Target::start().await.unwrap();
+    let relay = Relay::start(&[]).await.unwrap();
+    let token = relay.token("dev").unwrap();
+    let client = Client::start(&relay, &target.addr.to_string(), &token, &[])
+        .await
+        .unwrap();
+    let host = client.host();
+    let size = 128u64 << 20;
+    let mut conn = connect(relay.http).await.unwrap();
+    let path = format!("/download?bytes={size}");
+    let resp = get(&mut conn, &host, &path, STEP).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut off = 0u64;
+    let mut read_frame = async |off: &mut u64| -> bool {
+        let Some(frame) = tokio::time::timeout(STEP, body.frame()).await.unwrap() else {
+            return false;
+        };
+        if let Ok(d) = frame.expect("no body error").into_data() {
+            let at = *off;
+            assert!(
+                d.iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(at + i as u64)),
+                "a byte differs after offset {at}"
+            );
+            *off += d.len() as u64;
+        }
+        true
+    };
+    let mut small = connect(relay.http).await.unwrap();
+    let moved = Instant::now() + STEP;
+    while lane_bodies(&relay).await < 1.0 {
+        assert!(
+            Instant::now() < moved,
+            "the download never moved to the lane"
+        );
+        let a = send(&mut small, &host, "POST", "/x", &[], Bytes::from("x"))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+        for _ in 0..16 {
+            assert!(read_frame(&mut off).await);
+        }
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-USR1", &client.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rebound = Instant::now() + STEP;
+    loop {
+        let log = client.proc.stderr();
+        if log.contains("rebound the QUIC endpoint")
+            && log.contains("rebound the bulk lane's QUIC endpoint")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < rebound,
+            "the client did not rebind both endpoints; stderr:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(off < size, "the download was still in flight");
+    while read_frame(&mut off).await {}
+    assert_eq!(off, size, "the whole download arrived");
+    let a = send(&mut small, &host, "POST", "/after", &[], Bytes::from("x"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+}

@@ -1,6 +1,7 @@
 //! The client's side of the bulk lane (docs/streaming.md, "The bulk lane"): a second
 //! QUIC connection to the relay, opened in the background with the session's token
-//! when first needed, whose driver runs on the bulk thread ([`relay_server::lanes`]).
+//! when first needed, from a UDP socket of its own, whose packets, timers and driver
+//! are all handled on the bulk thread ([`relay_server::lanes`]).
 //! A response body of known length, at least [`relay_server::quic::BULK_AFTER`]
 //! bytes, starts on its data stream; once other exchanges of the session run beside
 //! it, the rest moves to a unidirectional stream of the lane and the exchange's task to
@@ -54,7 +55,6 @@ enum State {
 
 /// Opens (once) and hands out a session's lane connection.
 pub struct LaneConnector {
-    endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     relay: SocketAddr,
     host: String,
@@ -70,7 +70,6 @@ impl LaneConnector {
     /// A connector for session `session_id` on the relay at `relay` (`host` names it
     /// for TLS), with the session's QUIC configuration and token.
     pub fn new(
-        endpoint: quinn::Endpoint,
         config: quinn::ClientConfig,
         relay: SocketAddr,
         host: String,
@@ -78,7 +77,6 @@ impl LaneConnector {
         session_id: u64,
     ) -> Self {
         Self {
-            endpoint,
             config,
             relay,
             host,
@@ -112,7 +110,11 @@ impl LaneConnector {
         }
         *state = State::Connecting;
         let this = self.clone();
-        tokio::spawn(async move {
+        // Opened from the bulk thread, the lane's socket, endpoint and connection
+        // belong to its runtime: their packets and timers never wake the main thread.
+        let on_bulk = Switch::new();
+        on_bulk.to_bulk();
+        relay_server::lanes::spawn(on_bulk, async move {
             let opened = tokio::time::timeout(CONNECT_TIMEOUT, this.open())
                 .await
                 .unwrap_or_else(|_| Err(anyhow!("no answer within {CONNECT_TIMEOUT:?}")));
@@ -131,15 +133,24 @@ impl LaneConnector {
     }
 
     async fn open(&self) -> anyhow::Result<quinn::Connection> {
-        let connecting = self
-            .endpoint
-            .connect_with(self.config.clone(), self.relay, &self.host)?;
+        // An endpoint of its own: the session's endpoint is the main thread's.
+        let (endpoint, bind) = crate::session::client_endpoint(self.relay)?;
+        let connecting = endpoint.connect_with(self.config.clone(), self.relay, &self.host)?;
         // quinn spawned the connection's driver in `connect_with`: the whole lane runs
         // on the bulk thread.
         if let Some(driver) = relay_server::lanes::last_spawned() {
             driver.to_bulk();
         }
         let conn = connecting.await?;
+        let closed = conn.clone();
+        crate::roam::spawn_rebind_on_sigusr1(
+            endpoint,
+            bind,
+            "bulk lane's QUIC endpoint",
+            async move {
+                closed.closed().await;
+            },
+        );
         let (mut send, recv) = conn.open_bi().await?;
         let mut recv = FrameReader::new(recv);
         let hello = ClientMessage::Hello {

@@ -151,7 +151,12 @@ pub async fn run(
             Some(ep) => ep.clone(),
             None => {
                 let (ep, bind) = client_endpoint(addr)?;
-                crate::roam::spawn_rebind_on_sigusr1(ep.clone(), bind);
+                crate::roam::spawn_rebind_on_sigusr1(
+                    ep.clone(),
+                    bind,
+                    "QUIC endpoint",
+                    std::future::pending(),
+                );
                 endpoint = Some(ep.clone());
                 ep
             }
@@ -197,7 +202,6 @@ pub async fn run(
         let conn = connected.conn.clone();
         let lane = bulk_lanes.then(|| {
             Arc::new(LaneConnector::new(
-                ep.clone(),
                 client_cfg.clone(),
                 addr,
                 host.clone(),
