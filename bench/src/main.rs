@@ -72,7 +72,7 @@ struct Args {
     /// Directory holding `porthole` and `porthole-relay` (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// Where to write the JSON results (default: <target dir>/bench-results.json).
+    /// Where to write the JSON results (default: bench-results.json in the target directory).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Seconds per c=1 latency run (default 3, or 1 with --quick).

@@ -214,7 +214,7 @@ fn resident(name: &str, total_kib: u64, anon_kib: Option<u64>) -> String {
     }
 }
 
-/// Fills each path's `summary` and `peak_rss_kib`; paths[0] must be direct.
+/// Fills each path's `summary` and `peak_rss_kib`; `paths[0]` must be direct.
 pub fn summarize(paths: &mut [PathReport]) {
     let direct = paths.first().map(|p| p.rounds.clone()).unwrap_or_default();
     for p in paths.iter_mut() {

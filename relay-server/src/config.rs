@@ -114,6 +114,8 @@ pub struct ServeArgs {
     pub threads: Option<usize>,
     /// ACME directory URL: obtain and renew the HTTPS certificate automatically
     /// (e.g. https://acme-v02.api.letsencrypt.org/directory).
+    // The help text shows the URL as it is.
+    #[allow(rustdoc::bare_urls)]
     #[arg(long)]
     pub acme_directory: Option<String>,
     /// Contact e-mail for the ACME account.

@@ -13,7 +13,7 @@
 //! QUIC connection drivers are spawned by quinn through [`LanedRuntime`], so a bulk
 //! lane's connection (packets, encryption, acknowledgements) runs on the bulk thread
 //! too: [`last_spawned`] hands out the switch of the driver that quinn spawned while
-//! accepting or opening it. Their timers follow them ([`LanedTimer`]): a timer stays
+//! accepting or opening it. Their timers follow them (`LanedTimer`): a timer stays
 //! with the runtime it was created on, and a driver moved after its handshake would
 //! otherwise wake the main thread at every deadline.
 

@@ -1,5 +1,5 @@
 //! Durable queueing and redelivery for reserved names: which requests are stored
-//! ([`Queue::decide`]), storing and answering them ([`accept`]), delivering them in
+//! (`Queue::decide`), storing and answering them (`accept`), delivering them in
 //! arrival order to the client that holds the name (one worker per name), retries
 //! with exponential backoff, dead-lettering, retention, and the queue commands.
 //!
