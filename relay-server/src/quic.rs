@@ -639,8 +639,43 @@ where
 /// finish it.
 pub async fn pump_body_observed<B>(
     body: B,
+    send: GuardedSend,
+    observe: impl FnMut(&Bytes),
+) -> Result<(u64, GuardedSend), StreamError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    pump_body_rerouted(body, send, observe, &mut Stay).await
+}
+
+/// Where the rest of a body goes, asked before each of its chunks by
+/// [`pump_body_rerouted`].
+pub trait Reroute {
+    /// The stream for the next chunk and the rest: `send` itself, or another stream the
+    /// body has moved to (the client's bulk lane).
+    fn reroute(
+        &mut self,
+        send: GuardedSend,
+    ) -> impl std::future::Future<Output = Result<GuardedSend, StreamError>> + Send;
+}
+
+/// Keeps a body on its stream.
+struct Stay;
+
+impl Reroute for Stay {
+    async fn reroute(&mut self, send: GuardedSend) -> Result<GuardedSend, StreamError> {
+        Ok(send)
+    }
+}
+
+/// Copies a body like [`pump_body_observed`], asking `reroute` before each chunk which
+/// stream the chunk and the rest go on.
+pub async fn pump_body_rerouted<B>(
+    body: B,
     mut send: GuardedSend,
     mut observe: impl FnMut(&Bytes),
+    reroute: &mut impl Reroute,
 ) -> Result<(u64, GuardedSend), StreamError>
 where
     B: http_body::Body<Data = Bytes>,
@@ -649,26 +684,24 @@ where
     let mut body = std::pin::pin!(body);
     let mut total = 0u64;
     loop {
-        match body.frame().await {
+        let data = match body.frame().await {
             None => break,
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if data.is_empty() {
-                        continue;
-                    }
-                    mark_bulk_past(&mut send, total, data.len());
-                    total += data.len() as u64;
-                    observe(&data);
-                    if let Err(e) = send.write(data).await {
-                        send.reset(codes::RESET_FAILED);
-                        return Err(e);
-                    }
-                }
-            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
             Some(Err(e)) => {
                 send.reset(codes::RESET_FAILED);
                 return Err(StreamError::Body(e.to_string()));
             }
+        };
+        send = reroute.reroute(send).await?;
+        mark_bulk_past(&mut send, total, data.len());
+        total += data.len() as u64;
+        observe(&data);
+        if let Err(e) = send.write(data).await {
+            send.reset(codes::RESET_FAILED);
+            return Err(e);
         }
     }
     Ok((total, send))
@@ -680,7 +713,7 @@ pub const BULK_AFTER: u64 = 1024 * 1024;
 
 /// Drops a body's stream to the bulk priority when its next chunk, of `len` bytes after
 /// `sent`, takes it past [`BULK_AFTER`].
-pub fn mark_bulk_past(send: &mut GuardedSend, sent: u64, len: usize) {
+fn mark_bulk_past(send: &mut GuardedSend, sent: u64, len: usize) {
     if sent < BULK_AFTER && sent + len as u64 >= BULK_AFTER {
         // Lower than the default 0 of every new stream; failure means the stream is
         // gone, which the next write reports.

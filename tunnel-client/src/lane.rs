@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use quinn::VarInt;
 use relay_server::lanes::Switch;
-use relay_server::quic::{encode_head, mark_bulk_past, FrameReader, GuardedSend, StreamError};
+use relay_server::quic::{
+    encode_head, pump_body_rerouted, FrameReader, GuardedSend, Reroute, StreamError,
+};
 use shared_proto::{codes, ClientMessage, LaneHead, Secret, ServerMessage, PROTOCOL_VERSION};
 
 /// How long opening the lane may take before the body goes on its data stream.
@@ -185,53 +186,52 @@ impl LaneConnector {
 /// stream the body ended on, to be finished by the caller.
 pub async fn pump_body_laned<B>(
     body: B,
-    mut send: GuardedSend,
-    mut observe: impl FnMut(&Bytes),
+    send: GuardedSend,
+    observe: impl FnMut(&Bytes),
     bulk: &BulkLane,
 ) -> Result<(u64, GuardedSend), StreamError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let mut body = std::pin::pin!(body);
-    let started = bulk.lane.started.load(Ordering::Relaxed);
-    let mut may_move = true;
-    let mut total = 0u64;
-    loop {
-        let data = match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(d) if !d.is_empty() => d,
-                _ => continue,
-            },
-            Some(Err(e)) => {
-                send.reset(codes::RESET_FAILED);
-                return Err(StreamError::Body(e.to_string()));
-            }
-        };
-        if may_move && bulk.lane.started.load(Ordering::Relaxed) != started {
-            match bulk.lane.connection() {
-                Lane::Up(conn) => {
-                    // Tried once: if no stream can be had, the body stays.
-                    may_move = false;
-                    if let Ok(lane) = conn.open_uni().await {
-                        send = move_to_lane(send, GuardedSend::new(lane), &bulk.switch).await?;
-                    }
-                }
-                Lane::Unavailable => may_move = false,
-                // Asked again at the next chunk.
-                Lane::NotYet => {}
-            }
+    let mut to_lane = ToLane {
+        bulk,
+        started: bulk.lane.started.load(Ordering::Relaxed),
+        may_move: true,
+    };
+    pump_body_rerouted(body, send, observe, &mut to_lane).await
+}
+
+/// Moves a body to the lane before its next chunk once the session has started another
+/// exchange since the body began (`started` counts them).
+struct ToLane<'a> {
+    bulk: &'a BulkLane,
+    started: u64,
+    may_move: bool,
+}
+
+impl Reroute for ToLane<'_> {
+    async fn reroute(&mut self, send: GuardedSend) -> Result<GuardedSend, StreamError> {
+        if !self.may_move || self.bulk.lane.started.load(Ordering::Relaxed) == self.started {
+            return Ok(send);
         }
-        mark_bulk_past(&mut send, total, data.len());
-        total += data.len() as u64;
-        observe(&data);
-        if let Err(e) = send.write(data).await {
-            send.reset(codes::RESET_FAILED);
-            return Err(e);
+        match self.bulk.lane.connection() {
+            Lane::Up(conn) => {
+                // Tried once: if no stream can be had, the body stays.
+                self.may_move = false;
+                match conn.open_uni().await {
+                    Ok(lane) => move_to_lane(send, GuardedSend::new(lane), &self.bulk.switch).await,
+                    Err(_) => Ok(send),
+                }
+            }
+            Lane::Unavailable => {
+                self.may_move = false;
+                Ok(send)
+            }
+            // Asked again at the next chunk.
+            Lane::NotYet => Ok(send),
         }
     }
-    Ok((total, send))
 }
 
 /// Ends the data stream `data` short of its declared length and starts the body's
