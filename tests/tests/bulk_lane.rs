@@ -7,28 +7,95 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use porthole_tests::*;
 
 const STEP: Duration = Duration::from_secs(30);
 
-/// Downloads `size` pattern bytes through the tunnel and checks every byte.
-async fn download(relay: &Relay, host: &str, size: u64) -> anyhow::Result<u64> {
-    let mut conn = connect(relay.http).await?;
-    let path = format!("/download?bytes={size}");
-    let resp = get(&mut conn, host, &path, STEP).await?;
-    anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
-    let mut body = resp.into_body();
-    let mut off = 0u64;
-    while let Some(frame) = tokio::time::timeout(STEP, body.frame()).await? {
-        if let Ok(d) = frame?.into_data() {
-            for (i, b) in d.iter().enumerate() {
-                let at = off + i as u64;
-                anyhow::ensure!(*b == pattern(at), "byte {at} differs");
-            }
-            off += d.len() as u64;
+/// A target, a relay and a client (started with `env`) under the token `dev`.
+async fn tunnel(env: &[(&str, &str)]) -> (Target, Relay, String, Client) {
+    let target = Target::start().await.unwrap();
+    let relay = Relay::start(&[]).await.unwrap();
+    let token = relay.token("dev").unwrap();
+    let client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &[], env)
+        .await
+        .unwrap();
+    (target, relay, token, client)
+}
+
+/// A download of pattern bytes through the tunnel, every byte checked as it arrives.
+struct Download {
+    _conn: Sender,
+    body: Incoming,
+    /// Bytes received so far.
+    off: u64,
+}
+
+impl Download {
+    async fn start(relay: &Relay, host: &str, size: u64) -> Self {
+        let mut conn = connect(relay.http).await.unwrap();
+        let path = format!("/download?bytes={size}");
+        let resp = get(&mut conn, host, &path, STEP).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        Self {
+            _conn: conn,
+            body: resp.into_body(),
+            off: 0,
         }
     }
-    Ok(off)
+
+    /// Takes the next frame: `Ok(false)` at the end of the body, the error if it failed.
+    /// Panics if a byte differs or nothing arrives within `STEP`.
+    async fn next(&mut self) -> Result<bool, hyper::Error> {
+        let Some(frame) = tokio::time::timeout(STEP, self.body.frame())
+            .await
+            .expect("the download keeps flowing")
+        else {
+            return Ok(false);
+        };
+        if let Ok(d) = frame?.into_data() {
+            let at = self.off;
+            assert!(
+                d.iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(at + i as u64)),
+                "a byte differs after offset {at}"
+            );
+            self.off += d.len() as u64;
+        }
+        Ok(true)
+    }
+
+    /// Reads to the end of the body; answers the bytes received.
+    async fn finish(mut self) -> u64 {
+        while self.next().await.expect("no body error") {}
+        self.off
+    }
+
+    /// Reads on, with a small POST through the tunnel now and then, until the rest of
+    /// the body has moved to the lane.
+    async fn read_until_moved(&mut self, relay: &Relay, host: &str) {
+        let mut small = connect(relay.http).await.unwrap();
+        let moved = Instant::now() + STEP;
+        while lane_bodies(relay).await < 1.0 {
+            assert!(
+                Instant::now() < moved,
+                "the download never moved to the lane"
+            );
+            let a = send(&mut small, host, "POST", "/x", &[], Bytes::from("x"))
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200);
+            for _ in 0..16 {
+                assert!(self.next().await.unwrap(), "the download ended unmoved");
+            }
+        }
+    }
+}
+
+/// Downloads `size` pattern bytes through the tunnel and checks every byte.
+async fn download(relay: &Relay, host: &str, size: u64) -> u64 {
+    Download::start(relay, host, size).await.finish().await
 }
 
 /// The scheduling policies of the process's threads named `porthole-bulk`
@@ -63,33 +130,18 @@ async fn lane_bodies(relay: &Relay) -> f64 {
 /// moved to the lane or the download is over; answers the bytes downloaded.
 async fn download_beside_posts(relay: &Relay, host: &str, size: u64) -> u64 {
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-    let big = {
-        let (host, addr) = (host.to_owned(), relay.http);
-        tokio::spawn(async move {
-            let mut conn = connect(addr).await.unwrap();
-            let path = format!("/download?bytes={size}");
-            let resp = get(&mut conn, &host, &path, STEP).await.unwrap();
-            assert_eq!(resp.status(), 200);
-            let mut body = resp.into_body();
-            let mut first = Some(first_tx);
-            let mut off = 0u64;
-            while let Some(frame) = tokio::time::timeout(STEP, body.frame()).await.unwrap() {
-                if let Ok(d) = frame.unwrap().into_data() {
-                    assert!(d
-                        .iter()
-                        .enumerate()
-                        .all(|(i, b)| *b == pattern(off + i as u64)));
-                    off += d.len() as u64;
-                    if let Some(tx) = first.take() {
-                        let _ = tx.send(());
-                    }
-                    // A slow reader, so the small exchanges overlap the transfer.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+    let mut big = Download::start(relay, host, size).await;
+    let big = tokio::spawn(async move {
+        let mut first = Some(first_tx);
+        while big.next().await.unwrap() {
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
             }
-            off
-        })
-    };
+            // A slow reader, so the small exchanges overlap the transfer.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        big.off
+    });
     first_rx.await.expect("the download started");
     let mut conn = connect(relay.http).await.unwrap();
     let moved = lane_bodies(relay).await + 1.0;
@@ -112,17 +164,12 @@ async fn download_beside_posts(relay: &Relay, host: &str, size: u64) -> u64 {
 
 #[tokio::test]
 async fn a_download_moves_to_the_bulk_lane_once_small_exchanges_run_beside_it() {
-    let target = Target::start().await.unwrap();
-    let relay = Relay::start(&[]).await.unwrap();
-    let token = relay.token("dev").unwrap();
-    let client = Client::start(&relay, &target.addr.to_string(), &token, &[])
-        .await
-        .unwrap();
+    let (_target, relay, _token, client) = tunnel(&[]).await;
     let host = client.host();
 
     // Below the threshold, or alone: it stays on its data stream, and no lane opens.
-    assert_eq!(download(&relay, &host, 256 << 10).await.unwrap(), 256 << 10);
-    assert_eq!(download(&relay, &host, 8 << 20).await.unwrap(), 8 << 20);
+    assert_eq!(download(&relay, &host, 256 << 10).await, 256 << 10);
+    assert_eq!(download(&relay, &host, 8 << 20).await, 8 << 20);
     assert_eq!(lane_bodies(&relay).await, 0.0);
     assert!(!relay.proc.stderr().contains("bulk lane open"));
 
@@ -146,13 +193,7 @@ async fn a_download_moves_to_the_bulk_lane_once_small_exchanges_run_beside_it() 
 
 #[tokio::test]
 async fn with_the_bulk_lane_off_large_downloads_stay_on_their_data_streams() {
-    let target = Target::start().await.unwrap();
-    let relay = Relay::start(&[]).await.unwrap();
-    let token = relay.token("dev").unwrap();
-    let env = [("PORTHOLE_BULK_LANE", "off")];
-    let client = Client::start_with_env(&relay, &target.addr.to_string(), &token, &[], &env)
-        .await
-        .unwrap();
+    let (_target, relay, _token, client) = tunnel(&[("PORTHOLE_BULK_LANE", "off")]).await;
     let size = 8u64 << 20;
     assert_eq!(
         download_beside_posts(&relay, &client.host(), size).await,
@@ -167,66 +208,27 @@ async fn with_the_bulk_lane_off_large_downloads_stay_on_their_data_streams() {
 /// client under the same token at once.
 #[tokio::test]
 async fn a_client_killed_during_a_lane_download_cuts_the_body_promptly() {
-    let target = Target::start().await.unwrap();
-    let relay = Relay::start(&[]).await.unwrap();
-    let token = relay.token("dev").unwrap();
-    let mut client = Client::start(&relay, &target.addr.to_string(), &token, &[])
-        .await
-        .unwrap();
-    let mut conn = connect(relay.http).await.unwrap();
-    let path = format!("/download?bytes={}", 1u64 << 30);
-    let resp = get(&mut conn, &client.host(), &path, STEP).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut off = 0u64;
-    let mut small = connect(relay.http).await.unwrap();
-    let moved = Instant::now() + STEP;
-    // Read on, with a small POST now and then, until the rest has moved to the lane.
-    while lane_bodies(&relay).await < 1.0 {
-        assert!(
-            Instant::now() < moved,
-            "the download never moved to the lane"
-        );
-        let a = send(
-            &mut small,
-            &client.host(),
-            "POST",
-            "/x",
-            &[],
-            Bytes::from("x"),
-        )
-        .await
-        .unwrap();
-        assert_eq!(a.status, 200);
-        for _ in 0..16 {
-            let frame = tokio::time::timeout(STEP, body.frame())
-                .await
-                .unwrap()
-                .unwrap();
-            off += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
-        }
-    }
+    let (target, relay, token, mut client) = tunnel(&[]).await;
+    let size = 1u64 << 30;
+    let mut big = Download::start(&relay, &client.host(), size).await;
+    big.read_until_moved(&relay, &client.host()).await;
     // Read a few more MiB from the lane before the client goes.
-    let until = off + (4 << 20);
-    while off < until {
-        let frame = tokio::time::timeout(STEP, body.frame())
-            .await
-            .unwrap()
-            .unwrap();
-        off += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
+    let until = big.off + (4 << 20);
+    while big.off < until {
+        assert!(big.next().await.unwrap());
     }
     client.proc.kill().await;
     let killed = Instant::now();
     let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(10), body.frame()).await {
+        match tokio::time::timeout(Duration::from_secs(10), big.next()).await {
             Err(_) => panic!("the body hung after the client was killed"),
-            Ok(None) => break "end",
-            Ok(Some(Err(_))) => break "error",
-            Ok(Some(Ok(f))) => off += f.into_data().map_or(0, |d| d.len() as u64),
+            Ok(Ok(false)) => break "end",
+            Ok(Err(_)) => break "error",
+            Ok(Ok(true)) => {}
         }
     };
     assert_eq!(ended, "error", "a cut body must not look complete");
-    assert!(off < 1 << 30);
+    assert!(big.off < size);
     assert!(
         killed.elapsed() < Duration::from_secs(8),
         "took {:?}",
@@ -236,7 +238,7 @@ async fn a_client_killed_during_a_lane_download_cuts_the_body_promptly() {
         .await
         .unwrap();
     let size = 2u64 << 20;
-    assert_eq!(download(&relay, &again.host(), size).await.unwrap(), size);
+    assert_eq!(download(&relay, &again.host(), size).await, size);
 }
 
 /// The client moves both its QUIC endpoints to new UDP ports (SIGUSR1, as a network
@@ -245,51 +247,11 @@ async fn a_client_killed_during_a_lane_download_cuts_the_body_promptly() {
 #[cfg(unix)]
 #[tokio::test]
 async fn a_lane_download_survives_the_client_moving_to_a_new_udp_address() {
-    let target = Target::start().await.unwrap();
-    let relay = Relay::start(&[]).await.unwrap();
-    let token = relay.token("dev").unwrap();
-    let client = Client::start(&relay, &target.addr.to_string(), &token, &[])
-        .await
-        .unwrap();
+    let (_target, relay, _token, client) = tunnel(&[]).await;
     let host = client.host();
     let size = 128u64 << 20;
-    let mut conn = connect(relay.http).await.unwrap();
-    let path = format!("/download?bytes={size}");
-    let resp = get(&mut conn, &host, &path, STEP).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut off = 0u64;
-    let mut read_frame = async |off: &mut u64| -> bool {
-        let Some(frame) = tokio::time::timeout(STEP, body.frame()).await.unwrap() else {
-            return false;
-        };
-        if let Ok(d) = frame.expect("no body error").into_data() {
-            let at = *off;
-            assert!(
-                d.iter()
-                    .enumerate()
-                    .all(|(i, b)| *b == pattern(at + i as u64)),
-                "a byte differs after offset {at}"
-            );
-            *off += d.len() as u64;
-        }
-        true
-    };
-    let mut small = connect(relay.http).await.unwrap();
-    let moved = Instant::now() + STEP;
-    while lane_bodies(&relay).await < 1.0 {
-        assert!(
-            Instant::now() < moved,
-            "the download never moved to the lane"
-        );
-        let a = send(&mut small, &host, "POST", "/x", &[], Bytes::from("x"))
-            .await
-            .unwrap();
-        assert_eq!(a.status, 200);
-        for _ in 0..16 {
-            assert!(read_frame(&mut off).await);
-        }
-    }
+    let mut big = Download::start(&relay, &host, size).await;
+    big.read_until_moved(&relay, &host).await;
     let status = std::process::Command::new("kill")
         .args(["-USR1", &client.proc.pid().to_string()])
         .status()
@@ -309,10 +271,10 @@ async fn a_lane_download_survives_the_client_moving_to_a_new_udp_address() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(off < size, "the download was still in flight");
-    while read_frame(&mut off).await {}
-    assert_eq!(off, size, "the whole download arrived");
-    let a = send(&mut small, &host, "POST", "/after", &[], Bytes::from("x"))
+    assert!(big.off < size, "the download was still in flight");
+    assert_eq!(big.finish().await, size, "the whole download arrived");
+    let mut conn = connect(relay.http).await.unwrap();
+    let a = send(&mut conn, &host, "POST", "/after", &[], Bytes::from("x"))
         .await
         .unwrap();
     assert_eq!(a.status, 200);
