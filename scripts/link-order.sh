@@ -119,6 +119,10 @@ TARGET=127.0.0.1:$(cat "$WORK/target.port")
 start_relay() {
     local dir=$WORK/relay-$1
     mkdir -p "$dir"
+    # As an operator does (and the benchmark): the token and the relay's certificate
+    # exist before `serve` starts, so first-start work is not in the everyday list.
+    RELAY_TOKEN=$("$BIN/porthole-relay" token add "$1" --data-dir "$dir" 2>/dev/null | tail -1)
+    "$BIN/porthole-relay" fingerprint --data-dir "$dir" >/dev/null
     local cmd=("$BIN/porthole-relay" serve --json --data-dir "$dir" --http-addr 127.0.0.1:0
         --tunnel-addr 127.0.0.1:0 "${@:2}")
     run_as "$1" "${cmd[@]}" >"$dir/out" 2>"$dir/err" &
@@ -129,7 +133,6 @@ start_relay() {
     RELAY_HTTPS=$(field https "$dir/out")
     RELAY_TUNNEL=$(field tunnel "$dir/out")
     RELAY_PIN=$(field pin "$dir/out")
-    RELAY_TOKEN=$("$BIN/porthole-relay" token add "$1" --data-dir "$dir" 2>/dev/null | tail -1)
 }
 
 # A client of the current relay named $1, run as $1 (see run_as).
@@ -144,6 +147,13 @@ start_client() {
     wait_for "$WORK/$name.out" '"url"'
 }
 
+# Ends the current phase of profiled process PID (see run_as): callgrind writes what ran
+# since the last dump to NAME.cg.1, NAME.cg.2, …; what runs after the last dump (idle and
+# stopping) goes to NAME.cg as the process exits.
+phase() {
+    callgrind_control -d "$1" >/dev/null 2>&1
+}
+
 # Ctrl-C for PID, as a user stops it; the profile is written as it exits.
 stop() {
     kill -INT "$1"
@@ -154,19 +164,23 @@ stop() {
 echo "link-order.sh: profiling porthole-relay (HTTP; then HTTPS with HTTP/1.1 and h2, admin)…"
 HOST=plain.localhost
 start_relay relay-http --admin-addr off
+phase "$RELAY_PID"
 start_client plain "$TARGET" --inspect off --quiet
 requests "http://$RELAY_HTTP" "$HOST" 50
 curl -sS -o /dev/null -H 'Host: nobody.localhost' "http://$RELAY_HTTP/"
+phase "$RELAY_PID"
 sleep 2
 stop "$CLIENT_PID"
 stop "$RELAY_PID"
 start_relay relay --https-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0
+phase "$RELAY_PID"
 start_client plain "$TARGET" --inspect off --quiet
 requests "http://$RELAY_HTTP" "$HOST" 50
 PORT=${RELAY_HTTPS##*:}
 requests "https://$HOST:$PORT" "$HOST" 20 -k --http1.1 --resolve "$HOST:$PORT:127.0.0.1"
 requests "https://$HOST:$PORT" "$HOST" 20 -k --http2 --resolve "$HOST:$PORT:127.0.0.1"
 curl -sS -o /dev/null -H 'Host: nobody.localhost' "http://$RELAY_HTTP/"
+phase "$RELAY_PID"
 sleep 2
 stop "$CLIENT_PID"
 stop "$RELAY_PID"
@@ -177,7 +191,9 @@ for mode in inspect quiet; do
     if [ $mode = inspect ]; then start_client client-$mode "$TARGET" --inspect 127.0.0.1:0
     else start_client client-$mode "$TARGET" --inspect off --quiet
     fi
+    phase "$CLIENT_PID"
     requests "http://$RELAY_HTTP" "client-$mode.localhost" 50
+    phase "$CLIENT_PID"
     sleep 2
     stop "$CLIENT_PID"
 done
@@ -190,51 +206,106 @@ LOCAL_PID=$!
 wait_for "$WORK/local.out" '"url"'
 URL=$(field url "$WORK/local.out")
 HOSTPORT=${URL#http://}
+phase "$LOCAL_PID"
 requests "http://127.0.0.1:${HOSTPORT##*:}" "${HOSTPORT%%:*}" 20
+phase "$LOCAL_PID"
 sleep 2
 stop "$LOCAL_PID"
 
-# The functions of each binary that ran. Grouped by the runs that used them, so that each
-# kind of run touches one stretch of code: those of every run first, then those of the
-# first run and not all, and so on; hottest (own instructions) first within a group.
+# The functions of each binary that ran, in the order a process first needs them, so that
+# the code it has touched by a given point is a few stretches at the start of .text:
+# 1. those that served requests, hottest (own instructions while serving) first: the
+#    per-exchange code, packed together;
+# 2. those that ran before the process went idle (starting, connecting);
+# 3. those that ran only while idle or stopping.
+# Each tier is grouped by the runs that used it: every run first, then the first run's,
+# and so on. Each profile has three parts (see phase): NAME.cg.1 from start to ready,
+# NAME.cg.2 serving, NAME.cg idle and stopping.
 python3 - "$WORK" <<'EOF'
 import collections, re, subprocess, sys
 work = sys.argv[1]
+
+def profile(path, base):
+    """Own instructions per function of the binary ending in `base`, from one dump."""
+    cost = collections.Counter()
+    names, objs, obj, fn, after_call = {}, {}, None, None, False
+    for line in open(path, errors="replace"):
+        line = line.rstrip("\n")
+        m = re.match(r"^(c?)(ob|fn)=\((\d+)\)(?: (.*))?$", line)
+        if m:
+            table = objs if m[2] == "ob" else names
+            if m[4]:
+                table[m[3]] = m[4]
+            if not m[1] and m[2] == "ob":
+                obj = objs.get(m[3], "")
+            elif not m[1]:
+                fn = names[m[3]] if obj.endswith(base) else None
+                if fn:
+                    cost[fn] += 0  # it ran, whatever its cost lines say
+            continue
+        if line.startswith("calls="):
+            after_call = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if after_call:  # the inclusive cost of a call, not this function's own
+                after_call = False
+            elif fn and len(line.split()) > 1:
+                cost[fn] += int(line.split()[1])
+    return cost
+
+# Code that runs in place of what the profile saw goes next to it:
+# - ring picks its assembly by CPU features at run time (ADX, AVX2, ...), and valgrind's
+#   CPU lacks some of them: each routine's variants, and the helpers of the ADX
+#   curve25519 code;
+# - clap parses each flag given with glue generic over the flag's type: all its
+#   instances, whichever flags an operator passes.
+VARIANT = re.compile(r"_(nohw|adx|avx2?|generic_masked|sse41|ssse3_4x|vaes_avx2|clmul|vpclmulqdq_avx2(_1)?)$")
+
+def family(name):
+    if re.match(r"(fe4_|fiat_25519_|ring_core_\w*fiat_curve25519_adx_)", name):
+        return "x25519_scalar_mult"
+    if name.startswith("ring_core_"):
+        return VARIANT.sub("", re.sub(r"^ring_core_\d+_\d+_\d+__", "", name))
+    if "clap_builder" in name:
+        return re.sub(r"17h[0-9a-f]{16}E$", "", name)
+    return None
+
 def order(binary, profiles, out):
     base = "/" + binary.split("/")[-1]
-    cost, seen = collections.Counter(), collections.defaultdict(set)
-    for i, prof in enumerate(profiles):
-        names, objs, obj, fn, after_call = {}, {}, None, None, False
-        for line in open(f"{work}/{prof}.cg", errors="replace"):
-            line = line.rstrip("\n")
-            m = re.match(r"^(c?)(ob|fn)=\((\d+)\)(?: (.*))?$", line)
-            if m:
-                table = objs if m[2] == "ob" else names
-                if m[4]:
-                    table[m[3]] = m[4]
-                if not m[1] and m[2] == "ob":
-                    obj = objs.get(m[3], "")
-                elif not m[1]:
-                    fn = names[m[3]] if obj.endswith(base) else None
-                    if fn:
-                        seen[fn].add(i)
-                continue
-            if line.startswith("calls="):
-                after_call = True
-            elif line[:1].isdigit() or line[:1] in "+-*":
-                if after_call:  # the inclusive cost of a call, not this function's own
-                    after_call = False
-                elif fn and len(line.split()) > 1:
-                    cost[fn] += int(line.split()[1])
+    phases = [[profile(f"{work}/{p}.cg.{i}", base) for i in (1, 2)] + [profile(f"{work}/{p}.cg", base)]
+              for p in profiles]
+    runs = range(len(profiles))
+    serving, total = collections.Counter(), collections.Counter()
+    served, live, seen = (collections.defaultdict(set) for _ in range(3))
+    for i, (start, serve, rest) in enumerate(phases):
+        serving.update(serve)
+        for part, c in enumerate((start, serve, rest)):
+            total.update(c)
+            for n in c:
+                seen[n].add(i)
+                if part < 2:
+                    live[n].add(i)
+                if part == 1:
+                    served[n].add(i)
     nm = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
     text = {p[2] for p in (l.split() for l in nm.splitlines()) if len(p) == 3 and p[1] in "tT"}
-    runs = range(len(profiles))
     def key(n):
-        return (len(seen[n]) < len(profiles), [i not in seen[n] for i in runs], -cost[n], n)
+        tier, used, cost = ((0, served[n], serving[n]) if served[n] else
+                            (1, live[n], total[n]) if live[n] else (2, seen[n], total[n]))
+        return (tier, [i not in used for i in runs], -cost, n)
     names = sorted((n for n in seen if n in text), key=key)
+    families = collections.defaultdict(list)
+    for n in sorted(text):
+        if family(n):
+            families[family(n)].append(n)
+    placed, listed = set(), []
+    for n in ["_start"] * ("_start" in text) + names:
+        for m in [n] + families.get(family(n), []):
+            if m not in placed:
+                placed.add(m)
+                listed.append(m)
     with open(out, "w") as f:
-        f.write("".join(n + "\n" for n in names))
-    print(f"link-order.sh: {out}: {len(names)} of {len(text)} functions")
+        f.write("".join(n + "\n" for n in listed))
+    print(f"link-order.sh: {out}: {len(listed)} of {len(text)} functions")
 order("target/release/porthole-relay", ["relay-http", "relay"], "relay-server/link-order.txt")
 # The client's default run (the inspector on) first.
 order("target/release/porthole", ["client-inspect", "client-quiet", "client-local"],
