@@ -259,18 +259,27 @@ fn in_flight_line(path: &str, m: &crate::memory::InFlight) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let per_request: Vec<String> = m
-        .during_kib
-        .iter()
-        .zip(&m.before_kib)
-        .map(|((n, d), (_, b))| {
-            let kib = d.saturating_sub(*b) as f64 / m.held.max(1) as f64;
-            format!(
-                "{n} {kib:.1} KiB ({:.0} MiB per 10,000)",
-                kib * 10_000.0 / 1024.0
-            )
-        })
-        .collect();
+    // Growth per held request means something only if (nearly) all of them got to the
+    // target: otherwise the rest are still connecting, and dividing by the few held
+    // gives a figure of nothing.
+    let per_request: Vec<String> = if m.held * 10 < m.requests * 9 {
+        vec![format!(
+            "not measured, as only {} of {} reached the target",
+            m.held, m.requests
+        )]
+    } else {
+        m.during_kib
+            .iter()
+            .zip(&m.before_kib)
+            .map(|((n, d), (_, b))| {
+                let kib = d.saturating_sub(*b) as f64 / m.held.max(1) as f64;
+                format!(
+                    "{n} {kib:.1} KiB ({:.0} MiB per 10,000)",
+                    kib * 10_000.0 / 1024.0
+                )
+            })
+            .collect()
+    };
     format!(
         "{} requests in flight through {path} (target held {}, {} answered 200 once released): RSS {} (before: {}); per request: {}",
         m.requests,
