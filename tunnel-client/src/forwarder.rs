@@ -142,7 +142,9 @@ pub type TunnelMap = Arc<HashMap<u32, TunnelTarget>>;
 
 /// Forwards exchanges to targets and records them.
 pub struct Forwarder {
-    /// HTTP/1.1 to `http://` targets; ALPN `h2` or HTTP/1.1 to `https://` targets.
+    /// HTTP/1.1 to `http://` targets.
+    h1: crate::target_pool::Http1Pool,
+    /// ALPN `h2` or HTTP/1.1 to `https://` targets.
     client: Client<HttpsConnector<TargetConnector>, TunnelBody>,
     /// HTTP/2 by prior knowledge to `http://` targets (`--target-h2`).
     h2c: Option<Client<TargetConnector, TunnelBody>>,
@@ -205,6 +207,7 @@ impl Forwarder {
                 .build(http)
         });
         Ok(Arc::new_cyclic(|weak| Self {
+            h1: Default::default(),
             client,
             h2c,
             sinks,
@@ -791,8 +794,25 @@ impl Forwarder {
             }
         }
         match &self.h2c {
-            Some(h2c) if !target.is_https() => h2c.request(req).await,
-            _ => self.client.request(req).await,
+            _ if target.is_https() => self.client.request(req).await,
+            Some(h2c) => h2c.request(req).await,
+            None => {
+                // HTTP/1.1 sends the path and query (origin form).
+                let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                *req.uri_mut() = Uri::try_from(origin)
+                    .map_err(|_| format!("request target {uri:?} is not a valid URI"))?;
+                let authority = target.as_str().trim_start_matches("http://");
+                if !req.headers().contains_key(http::header::HOST) {
+                    if let Ok(v) = HeaderValue::from_str(authority) {
+                        req.headers_mut().insert(http::header::HOST, v);
+                    }
+                }
+                return self
+                    .h1
+                    .send(authority, req)
+                    .await
+                    .map_err(|e| describe_target_error(&e, target));
+            }
         }
         .map_err(|e| describe_target_error(&e, target))
     }

@@ -39,6 +39,7 @@ pub mod queue_cmd;
 pub mod roam;
 pub mod session;
 pub mod signatures;
+pub mod target_pool;
 pub mod target_tls;
 pub mod tcp;
 pub mod trust;
