@@ -110,12 +110,9 @@ pub fn set_forwarded(
     trusted: &[IpNet],
 ) {
     let is_trusted = trusted.iter().any(|n| n.contains(&peer));
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let xfp = HeaderName::from_static("x-forwarded-proto");
-    let xfh = HeaderName::from_static("x-forwarded-host");
     if is_trusted {
         let prior: Vec<String> = headers
-            .get_all(&xff)
+            .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .map(str::to_owned)
@@ -125,29 +122,74 @@ pub fn set_forwarded(
         } else {
             format!("{}, {}", prior.join(", "), peer)
         };
-        headers.remove(&xff);
+        headers.remove(&X_FORWARDED_FOR);
         if let Ok(v) = HeaderValue::from_str(&chain) {
-            headers.insert(xff, v);
+            headers.insert(X_FORWARDED_FOR, v);
         }
-        if !headers.contains_key(&xfp) {
-            headers.insert(xfp, HeaderValue::from_static(static_scheme(scheme)));
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(
+                X_FORWARDED_PROTO,
+                HeaderValue::from_static(static_scheme(scheme)),
+            );
         }
-        if !headers.contains_key(&xfh) {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
             if let Ok(v) = HeaderValue::from_str(host) {
-                headers.insert(xfh, v);
+                headers.insert(X_FORWARDED_HOST, v);
             }
         }
     } else {
+        // `insert` replaces every value the visitor sent; this runs for every request,
+        // so the address is written without the formatting machinery.
         headers.remove(http::header::FORWARDED);
-        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-            headers.insert(xff, v);
-        }
-        headers.insert(xfp, HeaderValue::from_static(static_scheme(scheme)));
-        headers.remove(&xfh);
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(xfh, v);
+        match ip_value(peer) {
+            Some(v) => headers.insert(X_FORWARDED_FOR, v),
+            None => headers.remove(&X_FORWARDED_FOR),
+        };
+        headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(static_scheme(scheme)),
+        );
+        match HeaderValue::from_str(host) {
+            Ok(v) => {
+                headers.insert(X_FORWARDED_HOST, v);
+            }
+            Err(_) => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
         }
     }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// `ip` as a header value: an IPv4 address by hand (digits only), others by `Display`.
+fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).ok();
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for d in &digits[skip..] {
+            text[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    HeaderValue::from_bytes(&text[..len]).ok()
 }
 
 fn static_scheme(scheme: &str) -> &'static str {
@@ -211,6 +253,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.0.1",
+            "127.0.0.1",
+            "192.168.100.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+        }
     }
 
     #[test]
