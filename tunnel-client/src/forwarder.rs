@@ -114,6 +114,17 @@ impl Target {
         self.base.starts_with("https://")
     }
 
+    /// Whether this is a plain `http://` target at an IP address or `localhost`: one
+    /// address (or the two loopback ones) to connect to, no DNS.
+    pub fn is_direct(&self) -> bool {
+        let Some(authority) = self.base.strip_prefix("http://") else {
+            return false;
+        };
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        crate::loopback::is_localhost(host) || host.parse::<std::net::IpAddr>().is_ok()
+    }
+
     /// `http://HOST:PORT` or `https://HOST[:PORT]`.
     pub fn as_str(&self) -> &str {
         &self.base
@@ -794,9 +805,10 @@ impl Forwarder {
             }
         }
         match &self.h2c {
-            _ if target.is_https() => self.client.request(req).await,
-            Some(h2c) => h2c.request(req).await,
-            None => {
+            Some(h2c) if !target.is_https() => h2c.request(req).await,
+            // A target by name other than `localhost` may resolve to several addresses,
+            // which hyper-util's connector tries the way browsers do (happy eyeballs).
+            None if target.is_direct() => {
                 // HTTP/1.1 sends the path and query (origin form).
                 let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 *req.uri_mut() = Uri::try_from(origin)
@@ -813,6 +825,7 @@ impl Forwarder {
                     .await
                     .map_err(|e| describe_target_error(&e, target));
             }
+            _ => self.client.request(req).await,
         }
         .map_err(|e| describe_target_error(&e, target))
     }
@@ -1083,6 +1096,20 @@ mod tests {
             Target::parse("localhost:3000/").unwrap().as_str(),
             "http://localhost:3000"
         );
+        for (target, direct) in [
+            ("3000", true),
+            ("localhost:3000", true),
+            ("http://127.0.0.1:3000", true),
+            ("http://[::1]:3000", true),
+            ("http://app.internal:3000", false),
+            ("https://localhost:8443", false),
+        ] {
+            assert_eq!(
+                Target::parse(target).unwrap().is_direct(),
+                direct,
+                "{target}"
+            );
+        }
         let t = Target::parse("https://localhost:8443").unwrap();
         assert_eq!(t.as_str(), "https://localhost:8443");
         assert!(t.is_https() && !t.is_tcp());

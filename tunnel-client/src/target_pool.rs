@@ -1,8 +1,9 @@
-//! Keep-alive HTTP/1.1 connections to plain `http://` targets, the everyday case of a
-//! local app.
+//! Keep-alive HTTP/1.1 connections to plain `http://` targets at an IP address or
+//! `localhost`, the everyday case of a local app.
 //!
 //! hyper-util's general-purpose client pool (which still carries `https://` and h2c
-//! targets) costs about a tenth of the client's instructions per exchange: a hashed
+//! targets, and targets by name, whose several addresses its connector tries the way
+//! browsers do) costs about a tenth of the client's instructions per exchange: a hashed
 //! checkout, a race between checkout and connect, boxed futures and a second channel.
 //! This one keeps, per target, a list of hyper connections: a request takes the most
 //! recently used one that is ready, or opens one, and hands it back as soon as the
