@@ -62,7 +62,7 @@ pub fn limit_unsent(stream: &TcpStream) {
 }
 
 /// Socket options for a TCP connection the tunnel carries a body over (a visitor's at
-/// the relay, for HTTP, HTTPS and TCP tunnels; a TCP tunnel's target at the client): no
+/// the relay, for HTTP, HTTPS and TCP tunnels; a target's at the client): no
 /// Nagle delay, and [`limit_unsent`]. Failing to set either is not an error.
 pub fn tune_body_socket(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);

@@ -809,19 +809,9 @@ impl Forwarder {
             // A target by name other than `localhost` may resolve to several addresses,
             // which hyper-util's connector tries the way browsers do (happy eyeballs).
             None if target.is_direct() => {
-                // HTTP/1.1 sends the path and query (origin form).
-                let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                *req.uri_mut() = Uri::try_from(origin)
-                    .map_err(|_| format!("request target {uri:?} is not a valid URI"))?;
-                let authority = target.as_str().trim_start_matches("http://");
-                if !req.headers().contains_key(http::header::HOST) {
-                    if let Ok(v) = HeaderValue::from_str(authority) {
-                        req.headers_mut().insert(http::header::HOST, v);
-                    }
-                }
                 return self
                     .h1
-                    .send(authority, req)
+                    .send(req)
                     .await
                     .map_err(|e| describe_target_error(&e, target));
             }

@@ -52,6 +52,8 @@ pub enum SendError {
     Connect(std::io::Error),
     /// HTTP on the connection failed.
     Http(hyper::Error),
+    /// The request's URI names no target.
+    NoAuthority,
 }
 
 impl std::fmt::Display for SendError {
@@ -59,6 +61,7 @@ impl std::fmt::Display for SendError {
         match self {
             Self::Connect(e) => write!(f, "connecting to the target failed: {e}"),
             Self::Http(e) => e.fmt(f),
+            Self::NoAuthority => f.write_str("the request URI names no target"),
         }
     }
 }
@@ -68,20 +71,38 @@ impl std::error::Error for SendError {
         match self {
             Self::Connect(e) => Some(e),
             Self::Http(e) => e.source(),
+            Self::NoAuthority => None,
         }
     }
 }
 
 impl Http1Pool {
-    /// Sends `req` (origin-form URI) to the target at `authority` and returns its
-    /// response head. A pooled connection that turns out closed before the request
-    /// went out is dropped and the request tried on another, as hyper-util does: a
-    /// target's keep-alive timeout must not fail a webhook.
+    /// Sends `req` (absolute URI, `http://HOST:PORT/…`) to its target and returns the
+    /// response head. On the wire it goes in origin form (path and query), with a Host
+    /// header from the URI if it has none, as hyper-util's client sends it. A pooled
+    /// connection that turns out closed before the request went out is dropped and the
+    /// request tried on another, as hyper-util does: a target's keep-alive timeout must
+    /// not fail a webhook.
     pub async fn send(
         &self,
-        authority: &str,
         mut req: Request<TunnelBody>,
     ) -> Result<Response<Incoming>, SendError> {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .ok_or(SendError::NoAuthority)?;
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(&authority) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        *req.uri_mut() = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+        let authority = authority.as_str();
         loop {
             let (mut sender, reused) = match self.take(authority) {
                 Some(s) => (s, true),
@@ -139,8 +160,7 @@ async fn connect(authority: &str) -> Result<SendRequest<TunnelBody>, SendError> 
                 )))
             }
         };
-    let _ = stream.set_nodelay(true);
-    relay_server::ingress::limit_unsent(&stream);
+    relay_server::ingress::tune_body_socket(&stream);
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Http)?;
@@ -160,9 +180,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    fn get(path: &str) -> Request<TunnelBody> {
-        Request::get(path)
-            .header("host", "app")
+    fn get(authority: &str) -> Request<TunnelBody> {
+        Request::get(format!("http://{authority}/"))
             .body(
                 Empty::<Bytes>::new()
                     .map_err(|never| match never {})
@@ -214,7 +233,7 @@ mod tests {
         let pool = Http1Pool::default();
         let requests = async {
             for want in ["one", "two", "three"] {
-                let response = pool.send(&authority, get("/")).await.unwrap();
+                let response = pool.send(get(&authority)).await.unwrap();
                 assert_eq!(response.status(), 200);
                 let body = response.into_body().collect().await.unwrap().to_bytes();
                 assert_eq!(body, want.as_bytes());
@@ -235,7 +254,7 @@ mod tests {
         let authority = listener.local_addr().unwrap().to_string();
         drop(listener);
         let err = Http1Pool::default()
-            .send(&authority, get("/"))
+            .send(get(&authority))
             .await
             .unwrap_err();
         assert!(
