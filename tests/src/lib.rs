@@ -155,11 +155,17 @@ impl Proc {
 
     /// Sends SIGTERM-like Ctrl-C (SIGINT).
     pub fn interrupt(&self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-INT", &pid.to_string()])
-                .status();
-        }
+        self.signal("INT");
+    }
+
+    /// Sends the signal named `name` (`INT`, `USR1`, …); whether `kill` delivered it.
+    pub fn signal(&self, name: &str) -> bool {
+        self.child.id().is_some_and(|pid| {
+            std::process::Command::new("kill")
+                .args([&format!("-{name}"), &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
     }
 
     /// The process id.

@@ -252,11 +252,7 @@ async fn a_lane_download_survives_the_client_moving_to_a_new_udp_address() {
     let size = 128u64 << 20;
     let mut big = Download::start(&relay, &host, size).await;
     big.read_until_moved(&relay, &host).await;
-    let status = std::process::Command::new("kill")
-        .args(["-USR1", &client.proc.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(client.proc.signal("USR1"), "SIGUSR1 to the client");
     let rebound = Instant::now() + STEP;
     loop {
         let log = client.proc.stderr();

@@ -375,11 +375,7 @@ async fn a_download_survives_the_client_moving_to_a_new_udp_address() {
         }
         if !rebound && off >= 8 << 20 {
             rebound = true;
-            let status = std::process::Command::new("kill")
-                .args(["-USR1", &client.proc.pid().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
+            assert!(client.proc.signal("USR1"), "SIGUSR1 to the client");
             // Wait until the client has moved (bounded), reading slowly meanwhile so
             // the transfer is still in flight when it does.
             let moved = Instant::now() + STEP;
