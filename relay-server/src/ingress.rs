@@ -22,7 +22,7 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use shared_proto::{codes, Header, RequestHead, ResponseHead, Scheme, ServerMessage, StreamHead};
+use shared_proto::{codes, RequestHead, ResponseHead, Scheme, ServerMessage, StreamHead};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -387,6 +387,9 @@ async fn route(
     let wants_trailers = wants_trailers(req.headers());
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // Only the relay's queue names a delivery: a visitor's own queue id would make the
+    // client take a fresh webhook for one it had delivered, and answer it unsent.
+    parts.headers.remove(crate::queue::QUEUE_ID_HEADER);
     if wants_trailers {
         parts
             .headers
@@ -437,14 +440,12 @@ async fn route(
         exchange_id: relay.next_exchange_id(),
         method: parts.method.as_str().to_owned(),
         uri: path_and_query(&parts.uri),
-        headers: to_wire(&parts.headers),
+        // The visitor's header map moves into the head, so it does not live as long as
+        // the exchange; a refusal after the exchange needs only the method and URI.
+        headers: std::mem::take(&mut parts.headers),
         visitor: Some(visitor.peer),
         scheme: visitor.scheme,
     });
-    // The visitor's header map is let go now instead of living as long as the exchange
-    // (0.7 KiB per request in flight); a refusal after the exchange needs only the
-    // method and URI.
-    drop(std::mem::take(&mut parts.headers));
 
     relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight(relay.clone());
@@ -581,18 +582,13 @@ impl From<quinn::ConnectionError> for ExchangeError {
     }
 }
 
-fn wants_trailers(h: &HeaderMap) -> bool {
+/// Whether a request's `TE` says its sender accepts trailers (gRPC needs them).
+pub fn wants_trailers(h: &HeaderMap) -> bool {
     h.get_all(http::header::TE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-}
-
-fn to_wire(h: &HeaderMap) -> Vec<Header> {
-    h.iter()
-        .map(|(k, v)| Header::new(k.as_str(), v.as_bytes()))
-        .collect()
 }
 
 /// What an exchange answers.
@@ -858,15 +854,7 @@ fn response(head: ResponseHead, body: TunnelBody) -> Result<Response<TunnelBody>
     let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut builder = Response::builder().status(status);
     if let Some(h) = builder.headers_mut() {
-        h.reserve(head.headers.len());
-        for Header { name, value } in head.headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(&value),
-            ) {
-                h.append(n, v);
-            }
-        }
+        *h = head.headers;
         let proto = (status == StatusCode::SWITCHING_PROTOCOLS)
             .then(|| h.get(http::header::UPGRADE).cloned())
             .flatten();

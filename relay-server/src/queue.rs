@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use shared_proto::delivery::{Delivery, DeliveryMode, OfflineMode, QueueOp};
-use shared_proto::{Header, RequestHead, ResponseHead, Scheme, StreamHead, TunnelName};
+use shared_proto::{RequestHead, ResponseHead, Scheme, StreamHead, TunnelName};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
@@ -604,11 +604,7 @@ pub(crate) async fn accept(
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".into()),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| Header::new(k.as_str(), v.as_bytes()))
-            .collect(),
+        headers: parts.headers,
         visitor: Some(peer),
         scheme,
         body,
@@ -806,11 +802,12 @@ async fn run_worker(relay: Arc<Relay>, name: String, notify: Arc<Notify>) {
 async fn deliver(relay: &Relay, route: &Route, rec: &Stored) -> Outcome {
     let ex = &rec.exchange;
     let mut headers = ex.headers.clone();
-    headers.push(Header::new(
-        QUEUE_ID_HEADER,
-        format!("{}-{}", relay.queue.store.store_id(), rec.id),
-    ));
-    headers.push(Header::new(ATTEMPT_HEADER, (rec.attempts + 1).to_string()));
+    let queue_id = format!("{}-{}", relay.queue.store.store_id(), rec.id);
+    // Both values are digits and hyphens around a store id of letters and digits.
+    if let Ok(v) = HeaderValue::try_from(queue_id) {
+        headers.insert(QUEUE_ID_HEADER, v);
+    }
+    headers.insert(ATTEMPT_HEADER, HeaderValue::from(rec.attempts + 1));
     let head = StreamHead::Http(RequestHead {
         tunnel_id: route.tunnel_id,
         exchange_id: rec.id.0,
@@ -853,9 +850,8 @@ async fn deliver(relay: &Relay, route: &Route, rec: &Stored) -> Outcome {
         Ok(Ok(resp)) => {
             let kind = resp
                 .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("x-porthole-error"))
-                .map(|h| format!(" ({})", String::from_utf8_lossy(&h.value)))
+                .get("x-porthole-error")
+                .map(|v| format!(" ({})", String::from_utf8_lossy(v.as_bytes())))
                 .unwrap_or_default();
             Outcome::Failed {
                 status: Some(resp.status),

@@ -411,7 +411,7 @@ pub fn framed_body(first: Bytes, recv: RecvStream) -> TunnelBody {
                             // already, so dropping the stream draws no STOP_SENDING.
                             let _ = recv.read_chunk(usize::MAX, true).now_or_never();
                             st.recv = None;
-                            BodyFrame::trailers(header_map(fields))
+                            BodyFrame::trailers(fields)
                         }
                     };
                     return Some((Ok(frame), st));
@@ -437,19 +437,6 @@ pub fn framed_body(first: Bytes, recv: RecvStream) -> TunnelBody {
         }
     });
     StreamBody::new(s).boxed_unsync()
-}
-
-fn header_map(fields: Vec<shared_proto::Header>) -> http::HeaderMap {
-    let mut map = http::HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::from_bytes(f.name.as_bytes()),
-            http::HeaderValue::from_bytes(&f.value),
-        ) {
-            map.append(n, v);
-        }
-    }
-    map
 }
 
 /// Copies a body into a send stream as [`BodyChunk`] frames (data split at
@@ -481,11 +468,7 @@ where
                     out
                 }
                 Err(frame) => match frame.into_trailers() {
-                    Ok(t) => vec![BodyChunk::Trailers(
-                        t.iter()
-                            .map(|(k, v)| shared_proto::Header::new(k.as_str(), v.as_bytes()))
-                            .collect(),
-                    )],
+                    Ok(t) => vec![BodyChunk::Trailers(t)],
                     Err(_) => Vec::new(),
                 },
             },
@@ -879,7 +862,10 @@ mod tests {
         // A response as the client sends it: head frame, body and FIN in one write.
         let head = shared_proto::ResponseHead {
             status: 200,
-            headers: vec![shared_proto::Header::new("content-length", "11")],
+            headers: http::HeaderMap::from_iter([(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(11),
+            )]),
             framed: false,
             lane: false,
         };
@@ -929,7 +915,10 @@ mod tests {
         let mut bytes = BytesMut::new();
         for chunk in [
             BodyChunk::Data(Bytes::from_static(b"reply")),
-            BodyChunk::Trailers(vec![shared_proto::Header::new("grpc-status", "0")]),
+            BodyChunk::Trailers(http::HeaderMap::from_iter([(
+                http::HeaderName::from_static("grpc-status"),
+                http::HeaderValue::from(0),
+            )])),
         ] {
             bytes.extend_from_slice(&encode_head(&chunk).unwrap());
         }

@@ -20,6 +20,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{BufMut, BytesMut};
+use http::{HeaderName, HeaderValue};
 
 use crate::codec::{put_blob, put_string, EncodeError, Frame, Invalid, Reader};
 use crate::limits::{MAX_HEADERS, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_STRING_LEN};
@@ -37,25 +38,12 @@ const TAG_LANE_BODY: u8 = 0x17;
 /// and the length of the data field).
 pub const MAX_CHUNK_DATA: usize = crate::limits::MAX_FRAME_LEN - 5;
 
-/// One header field as it travels: the name as received (HTTP/1.1 names are
-/// case-insensitive; hyper lowercases them), the value as raw bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    /// Field name.
-    pub name: String,
-    /// Field value; not necessarily UTF-8.
-    pub value: Vec<u8>,
-}
-
-impl Header {
-    /// A header from a name and a value.
-    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Self {
-            name: name.into(),
-            value: value.into(),
-        }
-    }
-}
+/// Header fields as they travel: names lowercase (HTTP/1.1 names are
+/// case-insensitive), values raw bytes that need not be UTF-8. On the wire a field list
+/// is a count and then each field's name and value, in the map's order; decoding
+/// refuses a name or value that HTTP does not allow, so both sides hand the map to
+/// hyper without converting it.
+pub use http::HeaderMap as Headers;
 
 /// The scheme the visitor used to reach the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +76,7 @@ pub struct RequestHead {
     /// Origin-form target: path and query (`/stripe?x=1`).
     pub uri: String,
     /// Request headers after the relay's edge processing.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// Where the visitor connected from, as the relay saw it.
     pub visitor: Option<SocketAddr>,
     /// How the visitor reached the relay.
@@ -119,7 +107,7 @@ pub struct ResponseHead {
     /// HTTP status code.
     pub status: u16,
     /// Response headers.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// Whether the body is a sequence of [`BodyChunk`] frames (it may end with
     /// trailers) instead of raw bytes.
     pub framed: bool,
@@ -159,7 +147,7 @@ pub enum BodyChunk {
     /// Body bytes, at most [`MAX_CHUNK_DATA`].
     Data(bytes::Bytes),
     /// The trailer fields; the last frame of the body.
-    Trailers(Vec<Header>),
+    Trailers(Headers),
 }
 
 impl Frame for BodyChunk {
@@ -187,32 +175,36 @@ impl Frame for BodyChunk {
     }
 }
 
-fn put_headers(dst: &mut BytesMut, headers: &[Header]) -> Result<(), EncodeError> {
+fn put_headers(dst: &mut BytesMut, headers: &Headers) -> Result<(), EncodeError> {
     if headers.len() > MAX_HEADERS {
         return Err(EncodeError::TooLarge("header count"));
     }
     // The count fits: MAX_HEADERS is below u16::MAX.
     dst.put_u16(headers.len() as u16);
-    for h in headers {
-        put_blob(dst, h.name.as_bytes(), MAX_HEADER_NAME_LEN, "header name")?;
-        put_blob(dst, &h.value, MAX_HEADER_VALUE_LEN, "header value")?;
+    for (name, value) in headers {
+        put_blob(
+            dst,
+            name.as_str().as_bytes(),
+            MAX_HEADER_NAME_LEN,
+            "header name",
+        )?;
+        put_blob(dst, value.as_bytes(), MAX_HEADER_VALUE_LEN, "header value")?;
     }
     Ok(())
 }
 
-fn read_headers(r: &mut Reader<'_>) -> Result<Vec<Header>, Invalid> {
+fn read_headers(r: &mut Reader<'_>) -> Result<Headers, Invalid> {
     let count = r.u16("header count")? as usize;
     if count > MAX_HEADERS {
         return Err(Invalid::BadValue("header count"));
     }
-    let mut headers = Vec::with_capacity(count);
+    let mut headers = Headers::with_capacity(count);
     for _ in 0..count {
-        let name = r.str(MAX_HEADER_NAME_LEN, "header name")?;
-        if name.is_empty() {
-            return Err(Invalid::BadValue("header name"));
-        }
-        let value = r.blob(MAX_HEADER_VALUE_LEN, "header value")?;
-        headers.push(Header::new(name, value));
+        let name = HeaderName::from_bytes(r.blob(MAX_HEADER_NAME_LEN, "header name")?)
+            .map_err(|_| Invalid::BadValue("header name"))?;
+        let value = HeaderValue::from_bytes(r.blob(MAX_HEADER_VALUE_LEN, "header value")?)
+            .map_err(|_| Invalid::BadValue("header value"))?;
+        headers.append(name, value);
     }
     Ok(headers)
 }
@@ -351,13 +343,25 @@ mod tests {
     use crate::codec::DecodeError;
     use crate::limits::MAX_FRAME_LEN;
 
+    /// A header map from name and value pairs, in order.
+    fn headers<const N: usize>(pairs: [(&str, &[u8]); N]) -> Headers {
+        let mut map = Headers::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
     fn sample_request() -> RequestHead {
         RequestHead {
             tunnel_id: 1,
             exchange_id: 2,
             method: "POST".into(),
             uri: "/a".into(),
-            headers: vec![Header::new("x", vec![0xff])],
+            headers: headers([("x", &[0xff])]),
             visitor: Some("127.0.0.1:80".parse().unwrap()),
             scheme: Scheme::Https,
         }
@@ -388,7 +392,7 @@ mod tests {
         check(
             &ResponseHead {
                 status: 204,
-                headers: vec![],
+                headers: Headers::new(),
                 framed: false,
                 lane: false,
             },
@@ -397,7 +401,7 @@ mod tests {
         check(
             &ResponseHead {
                 status: 200,
-                headers: vec![],
+                headers: Headers::new(),
                 framed: true,
                 lane: false,
             },
@@ -406,7 +410,7 @@ mod tests {
         check(
             &ResponseHead {
                 status: 200,
-                headers: vec![],
+                headers: Headers::new(),
                 framed: false,
                 lane: true,
             },
@@ -415,7 +419,7 @@ mod tests {
         check(&LaneHead { stream_id: 4 }, "00000009170000000000000004");
         assert!(ResponseHead {
             status: 200,
-            headers: vec![],
+            headers: Headers::new(),
             framed: true,
             lane: true,
         }
@@ -436,7 +440,10 @@ mod tests {
         req.visitor = Some("[2001:db8::1]:443".parse().unwrap());
         req.scheme = Scheme::Http;
         req.headers = (0..MAX_HEADERS)
-            .map(|i| Header::new(format!("h{i}"), b"v".to_vec()))
+            .map(|i| {
+                let name = HeaderName::from_bytes(format!("h{}", i % 7).as_bytes()).unwrap();
+                (name, HeaderValue::from(i))
+            })
             .collect();
         round_trip(&StreamHead::Http(req));
         round_trip(&StreamHead::Tcp(TcpHead {
@@ -445,13 +452,13 @@ mod tests {
         }));
         round_trip(&ResponseHead {
             status: 502,
-            headers: vec![Header::new("content-type", b"text/plain".to_vec())],
+            headers: headers([("content-type", b"text/plain")]),
             framed: false,
             lane: false,
         });
         round_trip(&ResponseHead {
             status: 200,
-            headers: vec![Header::new("content-type", b"application/grpc".to_vec())],
+            headers: headers([("content-type", b"application/grpc")]),
             framed: true,
             lane: false,
         });
@@ -460,13 +467,15 @@ mod tests {
             MAX_CHUNK_DATA
         ])));
         round_trip(&BodyChunk::Data(bytes::Bytes::new()));
-        round_trip(&BodyChunk::Trailers(vec![]));
+        round_trip(&BodyChunk::Trailers(Headers::new()));
     }
 
     #[test]
     fn over_limit_heads_are_refused_both_ways() {
         let mut req = sample_request();
-        req.headers = vec![Header::new("h", vec![]); MAX_HEADERS + 1];
+        req.headers = (0..=MAX_HEADERS)
+            .map(|_| (HeaderName::from_static("h"), HeaderValue::from_static("")))
+            .collect();
         let mut buf = BytesMut::new();
         assert_eq!(
             StreamHead::Http(req.clone()).encode(&mut buf),
@@ -485,7 +494,10 @@ mod tests {
         );
         // A frame over the size limit is refused when encoding.
         let mut huge = sample_request();
-        huge.headers = vec![Header::new("h", vec![b'a'; MAX_HEADER_VALUE_LEN]); 5];
+        let big = HeaderValue::from_bytes(&[b'a'; MAX_HEADER_VALUE_LEN]).unwrap();
+        huge.headers = (0..5)
+            .map(|_| (HeaderName::from_static("h"), big.clone()))
+            .collect();
         let mut buf = BytesMut::new();
         assert_eq!(
             StreamHead::Http(huge).encode(&mut buf),
@@ -496,11 +508,41 @@ mod tests {
     }
 
     #[test]
+    fn header_fields_http_refuses_are_invalid() {
+        // The golden request's one field is `x: 0xff`; its name and value bytes are
+        // the frame's last bytes.
+        let mut buf = BytesMut::new();
+        StreamHead::Http(sample_request()).encode(&mut buf).unwrap();
+        let n = buf.len();
+        for (at, byte, field) in [
+            (n - 6, b' ', "header name"),
+            (n - 6, b':', "header name"),
+            (n - 1, b'\n', "header value"),
+            (n - 1, 0, "header value"),
+        ] {
+            let mut bad = buf.to_vec();
+            bad[at] = byte;
+            assert_eq!(
+                StreamHead::decode(&bad),
+                Err(DecodeError::Invalid(Invalid::BadValue(field))),
+                "byte {byte:#x} at {at}"
+            );
+        }
+        // Upper case in a name is taken and lowered, as HTTP/1.1 allows.
+        let mut upper = buf.to_vec();
+        upper[n - 6] = b'X';
+        let (StreamHead::Http(head), _) = StreamHead::decode(&upper).unwrap() else {
+            panic!("not an HTTP head")
+        };
+        assert_eq!(head.headers, sample_request().headers);
+    }
+
+    #[test]
     fn bad_status_and_fields_are_invalid() {
         let mut buf = BytesMut::new();
         ResponseHead {
             status: 200,
-            headers: vec![],
+            headers: Headers::new(),
             framed: false,
             lane: false,
         }
@@ -522,7 +564,7 @@ mod tests {
             concat!("00000007", "14", "00000002", "6869"),
         );
         check(
-            &BodyChunk::Trailers(vec![Header::new("grpc-status", b"0".to_vec())]),
+            &BodyChunk::Trailers(headers([("grpc-status", b"0")])),
             concat!(
                 "00000017",                 // frame length 23
                 "15",                       // trailers

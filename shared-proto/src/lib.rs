@@ -32,7 +32,7 @@ pub use control::{
     VersionMismatch, MAX_TUNNEL_OPTIONS,
 };
 pub use data::{
-    BodyChunk, Header, LaneHead, RequestHead, ResponseHead, Scheme, StreamHead, TcpHead,
+    BodyChunk, Headers, LaneHead, RequestHead, ResponseHead, Scheme, StreamHead, TcpHead,
     MAX_CHUNK_DATA,
 };
 pub use name::{NameError, TunnelName};

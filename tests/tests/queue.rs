@@ -401,6 +401,47 @@ async fn a_failing_target_gets_the_webhooks_once_it_recovers() {
     );
 }
 
+/// A visitor's own `x-porthole-queue-id` never reaches the client: only the relay's
+/// queue names a delivery. Were it carried, the client would take the second request
+/// for a redelivery of the first and answer it without the target (and a forged id
+/// could mark a queued webhook as delivered before it was).
+#[tokio::test]
+async fn a_visitor_cannot_forge_a_queue_id() {
+    let relay = Relay::start(&[]).await.unwrap();
+    let token = relay.token("dev").unwrap();
+    let target = Flaky::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().display().to_string();
+    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--name", "forged"],
+        &env,
+    )
+    .await
+    .unwrap();
+    let mut c = connect(relay.http).await.unwrap();
+    for i in 0..2 {
+        let a = send(
+            &mut c,
+            &client.host(),
+            "POST",
+            "/hook",
+            &[("x-porthole-queue-id", b"s-1")],
+            Bytes::from(format!("{{\"n\":{i}}}")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-porthole-duplicate"), None);
+    }
+    let got = target.all();
+    assert_eq!(got.len(), 2, "the target saw both: {got:?}");
+    assert!(got.iter().all(|g| g.queue_id.is_none()), "{got:?}");
+}
+
 fn porthole_queue(relay: &Relay, token: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(bin("porthole"))
         .arg("queue")

@@ -26,7 +26,7 @@ use relay_server::quic::{
     encode_head, pump_body_framed, pump_body_observed, read_head, recv_body, GuardedSend,
     StreamError, TunnelBody,
 };
-use shared_proto::{codes, Header, RequestHead, ResponseHead, StreamHead};
+use shared_proto::{codes, Headers, RequestHead, ResponseHead, StreamHead};
 
 use crate::capture::{
     BodyTap, BoxFuture, CapturedRequest, CapturedResponse, Exchange, ExchangeId, IdSource, Outcome,
@@ -245,10 +245,16 @@ impl Forwarder {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let id = self.ids.next();
-        let wire: Vec<Header> = req
+        // An edited field that HTTP does not allow is left out, as hyper would refuse it.
+        let wire: Headers = req
             .headers
             .iter()
-            .map(|(n, v)| Header::new(n.clone(), v.clone()))
+            .filter_map(|(n, v)| {
+                Some((
+                    HeaderName::from_bytes(n.as_bytes()).ok()?,
+                    HeaderValue::from_bytes(v).ok()?,
+                ))
+            })
             .collect();
         let mut req_tap = BodyTap::new(self.body_cap);
         req_tap.observe(&req.body);
@@ -268,7 +274,7 @@ impl Forwarder {
                 &target,
                 &req.method,
                 &req.uri,
-                &wire,
+                wire,
                 body,
                 rules.rewrite_host,
             )
@@ -296,11 +302,7 @@ impl Forwarder {
                 }
                 let response = CapturedResponse {
                     status: parts.status.as_u16(),
-                    headers: parts
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
-                        .collect(),
+                    headers: capture_headers(&parts.headers),
                     body: tap.finish(),
                 };
                 (Some(response), outcome)
@@ -451,12 +453,8 @@ impl Forwarder {
         // answered with the recorded status, so the app sees each webhook once.
         let queue_key = head
             .headers
-            .iter()
-            .find(|h| {
-                h.name
-                    .eq_ignore_ascii_case(relay_server::queue::QUEUE_ID_HEADER)
-            })
-            .map(|h| String::from_utf8_lossy(&h.value).into_owned());
+            .get(relay_server::queue::QUEUE_ID_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let dedup = queue_key.as_ref().and(self.dedup.get()).cloned();
         if let (Some(key), Some(dedup)) = (&queue_key, &dedup) {
             if let Some(status) = dedup.seen(key) {
@@ -464,7 +462,10 @@ impl Forwarder {
                 let _ = recv.stop(quinn::VarInt::from_u32(codes::RESET_CANCELLED));
                 let head = ResponseHead {
                     status,
-                    headers: vec![Header::new("x-porthole-duplicate", b"1".to_vec())],
+                    headers: Headers::from_iter([(
+                        HeaderName::from_static("x-porthole-duplicate"),
+                        HeaderValue::from_static("1"),
+                    )]),
                     framed: false,
                     lane: false,
                 };
@@ -485,11 +486,8 @@ impl Forwarder {
         let capture = !self.sinks.is_empty();
         let body_cap = if capture { self.body_cap } else { 0 };
         let req_tap = Arc::new(Mutex::new(BodyTap::new(body_cap)));
-        let captured_headers: Vec<(String, Vec<u8>)> = if capture || rules.verifies() {
-            head.headers
-                .iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect()
+        let captured_headers = if capture || rules.verifies() {
+            capture_headers(&head.headers)
         } else {
             Vec::new()
         };
@@ -507,15 +505,10 @@ impl Forwarder {
         let mut upgrade_stream = None;
         // A visitor that accepts trailers (gRPC) gets a framed response body, so the
         // target's trailers can follow its last byte.
-        let wants_trailers = head.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("te")
-                && String::from_utf8_lossy(&h.value)
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+        let wants_trailers = relay_server::ingress::wants_trailers(&head.headers);
         // The request body for the target, or the client's own refusal (401, 413) when
         // an enforced signature check fails before the target sees anything.
-        let body = if is_upgrade(&head.headers) {
+        let body = if relay_server::upgrade::requested_upgrade(&head.headers).is_some() {
             upgrade_stream = Some((first, recv));
             Ok(http_body_util::Empty::new()
                 .map_err(|never| match never {})
@@ -594,7 +587,7 @@ impl Forwarder {
                     &tunnel.target,
                     &head.method,
                     &head.uri,
-                    &head.headers,
+                    head.headers,
                     body,
                     rules.rewrite_host,
                 )
@@ -631,10 +624,6 @@ impl Forwarder {
                 if let (Some(proto), Some(_)) = (proto, &upgraded) {
                     relay_server::upgrade::restore_upgrade(&mut headers, proto);
                 }
-                let wire: Vec<Header> = headers
-                    .iter()
-                    .map(|(k, v)| Header::new(k.as_str(), v.as_bytes()))
-                    .collect();
                 // A large body of known length may move to the session's bulk lane
                 // (crate::lane), if the session has one.
                 let hint = http_body::Body::size_hint(&body);
@@ -645,7 +634,7 @@ impl Forwarder {
                 });
                 let resp_head = ResponseHead {
                     status: parts.status.as_u16(),
-                    headers: wire,
+                    headers,
                     framed: wants_trailers,
                     lane: lane.is_some(),
                 };
@@ -687,11 +676,7 @@ impl Forwarder {
                 };
                 let response = CapturedResponse {
                     status: resp_head.status,
-                    headers: resp_head
-                        .headers
-                        .into_iter()
-                        .map(|h| (h.name, h.value))
-                        .collect(),
+                    headers: capture_headers(&resp_head.headers),
                     body: tap.finish(),
                 };
                 (Some(response), outcome)
@@ -776,7 +761,7 @@ impl Forwarder {
         target: &Target,
         method: &str,
         uri: &str,
-        headers: &[Header],
+        headers: Headers,
         body: TunnelBody,
         rewrite_host: bool,
     ) -> Result<Response<Incoming>, String> {
@@ -789,15 +774,7 @@ impl Forwarder {
             .body(body)
             .map_err(|e| format!("bad request head: {e}"))?;
         let h = req.headers_mut();
-        h.reserve(headers.len());
-        for Header { name, value } in headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(value),
-            ) {
-                h.append(n, v);
-            }
-        }
+        *h = headers;
         if rewrite_host {
             let authority = target.as_str().split("://").last().unwrap_or_default();
             if let Ok(v) = HeaderValue::from_str(authority) {
@@ -822,19 +799,13 @@ impl Forwarder {
 }
 
 /// Whether a request head asks for an HTTP/1.1 upgrade (WebSocket…).
-fn is_upgrade(headers: &[Header]) -> bool {
-    let mut map = http::HeaderMap::new();
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("upgrade") {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(h.name.as_bytes()),
-                HeaderValue::from_bytes(&h.value),
-            ) {
-                map.append(n, v);
-            }
-        }
-    }
-    relay_server::upgrade::requested_upgrade(&map).is_some()
+/// A header map as the inspector and the capture file keep it: names and raw values,
+/// in the map's order.
+fn capture_headers(headers: &Headers) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 /// Carries one TCP tunnel connection to the target until both sides end; a target
@@ -931,11 +902,17 @@ async fn answer_locally(
     let body = Bytes::from(format!("{text}\n"));
     let resp_head = ResponseHead {
         status,
-        headers: vec![
-            Header::new("content-type", b"text/plain; charset=utf-8".to_vec()),
-            Header::new("content-length", body.len().to_string().into_bytes()),
-            Header::new("x-porthole-error", kind.as_bytes().to_vec()),
-        ],
+        headers: Headers::from_iter([
+            (
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            (http::header::CONTENT_LENGTH, HeaderValue::from(body.len())),
+            (
+                HeaderName::from_static("x-porthole-error"),
+                HeaderValue::from_static(kind),
+            ),
+        ]),
         framed: false,
         lane: false,
     };
@@ -947,11 +924,7 @@ async fn answer_locally(
     }
     let response = CapturedResponse {
         status,
-        headers: resp_head
-            .headers
-            .into_iter()
-            .map(|h| (h.name, h.value))
-            .collect(),
+        headers: capture_headers(&resp_head.headers),
         body: crate::capture::CapturedBody {
             size: body.len() as u64,
             bytes: body,
@@ -1129,16 +1102,5 @@ mod tests {
             let err = Target::parse_tcp(bad).unwrap_err().to_string();
             assert!(err.contains("PORT or HOST:PORT"), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn upgrade_requests_are_recognised_from_wire_headers() {
-        let ws = [
-            Header::new("connection", b"Upgrade".to_vec()),
-            Header::new("upgrade", b"websocket".to_vec()),
-        ];
-        assert!(is_upgrade(&ws));
-        assert!(!is_upgrade(&ws[1..]));
-        assert!(!is_upgrade(&[Header::new("x", b"y".to_vec())]));
     }
 }

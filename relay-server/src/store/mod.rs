@@ -15,8 +15,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use shared_proto::delivery::Delivery;
-use shared_proto::{Header, Scheme};
+use shared_proto::Scheme;
 
 /// A boxed future answered by a store.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -74,7 +75,7 @@ pub struct NewExchange {
     /// Path and query.
     pub uri: String,
     /// Request headers.
-    pub headers: Vec<Header>,
+    pub headers: HeaderMap,
     /// Where the visitor connected from.
     pub visitor: Option<SocketAddr>,
     /// How it reached the relay.

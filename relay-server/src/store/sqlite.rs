@@ -18,9 +18,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
+use http::{HeaderMap, HeaderName, HeaderValue};
 use rusqlite::{params, Connection, OptionalExtension};
 use shared_proto::delivery::Delivery;
-use shared_proto::{Header, Scheme};
+use shared_proto::Scheme;
 use tokio::sync::oneshot;
 
 use super::{
@@ -650,19 +651,21 @@ fn scheme_to_i64(s: Scheme) -> i64 {
 
 /// Headers as stored: for each, a u16 name length, the name, a u32 value length, the
 /// value (big-endian).
-fn encode_headers(headers: &[Header]) -> Vec<u8> {
+fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
     let mut out = Vec::with_capacity(headers.len() * 32);
-    for h in headers {
-        out.extend_from_slice(&(h.name.len() as u16).to_be_bytes());
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(&(h.value.len() as u32).to_be_bytes());
-        out.extend_from_slice(&h.value);
+    for (name, value) in headers {
+        out.extend_from_slice(&(name.as_str().len() as u16).to_be_bytes());
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value.as_bytes());
     }
     out
 }
 
-fn decode_headers(mut b: &[u8]) -> Vec<Header> {
-    let mut out = Vec::new();
+/// The stored headers; a field HTTP would refuse (none is ever stored: they come from
+/// a header map) is skipped.
+fn decode_headers(mut b: &[u8]) -> HeaderMap {
+    let mut out = HeaderMap::new();
     while let Some((n, rest)) = b.split_first_chunk::<2>() {
         let n = u16::from_be_bytes(*n) as usize;
         let Some((name, rest)) = (rest.len() >= n).then(|| rest.split_at(n)) else {
@@ -675,7 +678,11 @@ fn decode_headers(mut b: &[u8]) -> Vec<Header> {
         let Some((value, rest)) = (rest.len() >= v).then(|| rest.split_at(v)) else {
             break;
         };
-        out.push(Header::new(String::from_utf8_lossy(name), value.to_vec()));
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            out.append(name, value);
+        }
         b = rest;
     }
     out
@@ -870,7 +877,10 @@ mod tests {
             name: name.into(),
             method: "POST".into(),
             uri: "/hook".into(),
-            headers: vec![Header::new("x-a", b"1\xff".to_vec())],
+            headers: HeaderMap::from_iter([(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_bytes(b"1\xff").unwrap(),
+            )]),
             visitor: Some("127.0.0.1:9".parse().unwrap()),
             scheme: Scheme::Https,
             body: bytes::Bytes::from(body.to_owned()),
