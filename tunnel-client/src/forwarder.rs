@@ -44,6 +44,11 @@ const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Target {
     /// `http://HOST:PORT`, no trailing slash.
     base: String,
+    /// See [`Target::is_direct`]; worked out once, not per request.
+    direct: bool,
+    /// Scheme and authority of an `http://` or `https://` target, for building each
+    /// request's URI without parsing the whole of it.
+    origin: Option<(http::uri::Scheme, http::uri::Authority)>,
 }
 
 impl Target {
@@ -51,9 +56,10 @@ impl Target {
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         let s = s.trim().trim_end_matches('/');
         if let Ok(port) = s.parse::<u16>() {
-            return Ok(Self {
-                base: format!("http://{}:{port}", crate::loopback::LOCALHOST),
-            });
+            return Ok(Self::new(format!(
+                "http://{}:{port}",
+                crate::loopback::LOCALHOST
+            )));
         }
         let usage = || {
             anyhow::anyhow!(
@@ -75,13 +81,11 @@ impl Target {
         if uri.path() != "/" && !uri.path().is_empty() {
             anyhow::bail!("the target {s:?} must not have a path");
         }
-        Ok(Self {
-            base: format!(
-                "{}://{}",
-                if https { "https" } else { "http" },
-                uri.authority().map(|a| a.as_str()).unwrap_or_default()
-            ),
-        })
+        Ok(Self::new(format!(
+            "{}://{}",
+            if https { "https" } else { "http" },
+            uri.authority().map(|a| a.as_str()).unwrap_or_default()
+        )))
     }
 
     /// Parses the target of a TCP tunnel: `PORT`, `HOST:PORT` or `tcp://HOST:PORT`.
@@ -89,17 +93,18 @@ impl Target {
         let t = s.trim();
         let t = t.strip_prefix("tcp://").unwrap_or(t);
         if let Ok(port) = t.parse::<u16>() {
-            return Ok(Self {
-                base: format!("tcp://{}:{port}", crate::loopback::LOCALHOST),
-            });
+            return Ok(Self::new(format!(
+                "tcp://{}:{port}",
+                crate::loopback::LOCALHOST
+            )));
         }
         let uri: Uri = format!("tcp://{t}")
             .parse()
             .map_err(|_| anyhow::anyhow!("a TCP target is PORT or HOST:PORT, got {s:?}"))?;
         match (uri.host(), uri.port_u16(), uri.path()) {
-            (Some(_), Some(_), "" | "/") => Ok(Self {
-                base: format!("tcp://{}", t.trim_end_matches('/')),
-            }),
+            (Some(_), Some(_), "" | "/") => {
+                Ok(Self::new(format!("tcp://{}", t.trim_end_matches('/'))))
+            }
             _ => anyhow::bail!("a TCP target is PORT or HOST:PORT, got {s:?}"),
         }
     }
@@ -117,12 +122,38 @@ impl Target {
     /// Whether this is a plain `http://` target at an IP address or `localhost`: one
     /// address (or the two loopback ones) to connect to, no DNS.
     pub fn is_direct(&self) -> bool {
-        let Some(authority) = self.base.strip_prefix("http://") else {
-            return false;
-        };
-        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        crate::loopback::is_localhost(host) || host.parse::<std::net::IpAddr>().is_ok()
+        self.direct
+    }
+
+    fn new(base: String) -> Self {
+        let direct = base.strip_prefix("http://").is_some_and(|authority| {
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            crate::loopback::is_localhost(host) || host.parse::<std::net::IpAddr>().is_ok()
+        });
+        let origin = base.parse::<Uri>().ok().and_then(|u| {
+            let p = u.into_parts();
+            let scheme = p
+                .scheme
+                .filter(|s| *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS)?;
+            Some((scheme, p.authority?))
+        });
+        Self {
+            base,
+            direct,
+            origin,
+        }
+    }
+
+    /// The absolute URI of a request for `path_and_query` (origin form, `/hook?x=1`)
+    /// at this target; `None` when it is not a valid path and query.
+    fn uri_for(&self, path_and_query: &str) -> Option<Uri> {
+        let (scheme, authority) = self.origin.clone()?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(scheme);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(path_and_query.parse().ok()?);
+        Uri::from_parts(parts).ok()
     }
 
     /// `http://HOST:PORT` or `https://HOST[:PORT]`.
@@ -676,7 +707,11 @@ impl Forwarder {
                 };
                 let response = CapturedResponse {
                     status: resp_head.status,
-                    headers: capture_headers(&resp_head.headers),
+                    headers: if capture {
+                        capture_headers(&resp_head.headers)
+                    } else {
+                        Vec::new()
+                    },
                     body: tap.finish(),
                 };
                 (Some(response), outcome)
@@ -765,9 +800,9 @@ impl Forwarder {
         body: TunnelBody,
         rewrite_host: bool,
     ) -> Result<Response<Incoming>, String> {
-        let full_uri: Uri = format!("{}{}", target.as_str(), uri)
-            .parse()
-            .map_err(|_| format!("request target {uri:?} is not a valid URI"))?;
+        let full_uri = target
+            .uri_for(uri)
+            .ok_or_else(|| format!("request target {uri:?} is not a valid URI"))?;
         let mut req = Request::builder()
             .method(method)
             .uri(full_uri)

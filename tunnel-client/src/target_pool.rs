@@ -90,10 +90,10 @@ impl Http1Pool {
         let authority = req
             .uri()
             .authority()
-            .map(|a| a.as_str().to_owned())
+            .cloned()
             .ok_or(SendError::NoAuthority)?;
         if !req.headers().contains_key(http::header::HOST) {
-            if let Ok(v) = http::HeaderValue::from_str(&authority) {
+            if let Ok(v) = http::HeaderValue::from_str(authority.as_str()) {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }

@@ -45,8 +45,22 @@ pub fn parse_pin(s: &str) -> anyhow::Result<String> {
     Ok(format!("sha256:{}", hex_part.to_ascii_lowercase()))
 }
 
+/// rustls with *ring*, offering AES-128-GCM first: TLS 1.3's mandatory suite, and
+/// with four fewer AES rounds per block than AES-256 it takes less CPU for every
+/// packet of the tunnel. The relay follows the client's order; the other two suites
+/// stay on offer.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// The rustls client configuration for `trust`, with the Porthole ALPN.
