@@ -228,7 +228,7 @@ impl quinn::Runtime for LanedRuntime {
         &self,
         sock: std::net::UdpSocket,
     ) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
-        quinn::TokioRuntime.wrap_udp_socket(sock)
+        Ok(Arc::new(crate::udp::Socket::new(sock)?))
     }
 }
 

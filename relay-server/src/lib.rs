@@ -23,6 +23,7 @@
 //! - [`store`]: the durable queue's storage (trait + SQLite).
 //! - [`queue`]: queue and offline modes, redelivery, retries, dead letters.
 //! - [`runtime`]: the tokio runtime both binaries run on.
+//! - `udp`: the UDP socket under both sides' QUIC endpoints.
 //!
 //! [`Relay::run`] takes already-bound listeners and a shutdown future, so tests and the
 //! client's local mode run relays on ephemeral ports. See `docs/internals.md` for the
@@ -50,6 +51,7 @@ pub mod store;
 pub mod tcp;
 pub mod tls;
 pub mod tokens;
+mod udp;
 pub mod upgrade;
 
 use std::collections::HashMap;
