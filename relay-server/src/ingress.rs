@@ -389,7 +389,7 @@ async fn route(
     strip_hop_by_hop(&mut parts.headers);
     // Only the relay's queue names a delivery: a visitor's own queue id would make the
     // client take a fresh webhook for one it had delivered, and answer it unsent.
-    parts.headers.remove(crate::queue::QUEUE_ID_HEADER);
+    parts.headers.remove(&crate::queue::QUEUE_ID_HEADER);
     if wants_trailers {
         parts
             .headers

@@ -39,9 +39,9 @@ use crate::tokens::TokenName;
 use crate::Relay;
 
 /// The header that names a queued exchange to the client: `STORE_ID-QUEUE_ID`.
-pub const QUEUE_ID_HEADER: &str = "x-porthole-queue-id";
+pub const QUEUE_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-porthole-queue-id");
 /// The header that numbers delivery attempts (1 for the first).
-pub const ATTEMPT_HEADER: &str = "x-porthole-attempt";
+pub const ATTEMPT_HEADER: http::HeaderName = http::HeaderName::from_static("x-porthole-attempt");
 /// `Retry-After` of an offline name in `reject` mode, in seconds.
 const OFFLINE_RETRY_AFTER: &str = "30";
 /// Exchanges one worker takes from the store at a time.

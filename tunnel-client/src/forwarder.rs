@@ -484,7 +484,7 @@ impl Forwarder {
         // answered with the recorded status, so the app sees each webhook once.
         let queue_key = head
             .headers
-            .get(relay_server::queue::QUEUE_ID_HEADER)
+            .get(&relay_server::queue::QUEUE_ID_HEADER)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let dedup = queue_key.as_ref().and(self.dedup.get()).cloned();
         if let (Some(key), Some(dedup)) = (&queue_key, &dedup) {
