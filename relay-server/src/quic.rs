@@ -336,7 +336,7 @@ impl FrameReader {
 
 /// Encodes a head frame into one chunk, ready for `write_chunk`.
 pub fn encode_head<T: Frame>(msg: &T) -> Result<Bytes, StreamError> {
-    let mut buf = BytesMut::with_capacity(256);
+    let mut buf = BytesMut::with_capacity(msg.encoded_len_hint());
     msg.encode(&mut buf)?;
     Ok(buf.freeze())
 }

@@ -92,6 +92,11 @@ pub trait Frame: Sized {
     /// Writes the frame body: tag byte and fields.
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError>;
 
+    /// About how many bytes [`Frame::encode`] writes, for sizing a buffer once.
+    fn encoded_len_hint(&self) -> usize {
+        256
+    }
+
     /// Reads the frame body written by [`Frame::encode_body`].
     fn decode_body(r: &mut Reader<'_>) -> Result<Self, Invalid>;
 }

@@ -151,6 +151,13 @@ pub enum BodyChunk {
 }
 
 impl Frame for BodyChunk {
+    fn encoded_len_hint(&self) -> usize {
+        match self {
+            BodyChunk::Data(b) => 9 + b.len(),
+            BodyChunk::Trailers(h) => 5 + headers_len(h),
+        }
+    }
+
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         match self {
             BodyChunk::Data(b) => {
@@ -173,6 +180,14 @@ impl Frame for BodyChunk {
             tag => Err(Invalid::UnknownTag(tag)),
         }
     }
+}
+
+/// The bytes [`put_headers`] writes for `headers`.
+fn headers_len(headers: &Headers) -> usize {
+    2 + headers
+        .iter()
+        .map(|(n, v)| 8 + n.as_str().len() + v.len())
+        .sum::<usize>()
 }
 
 fn put_headers(dst: &mut BytesMut, headers: &Headers) -> Result<(), EncodeError> {
@@ -243,6 +258,14 @@ fn read_addr(r: &mut Reader<'_>) -> Result<Option<SocketAddr>, Invalid> {
 }
 
 impl Frame for StreamHead {
+    fn encoded_len_hint(&self) -> usize {
+        match self {
+            // Length prefix, fixed fields, an IPv6 visitor; then what varies.
+            StreamHead::Http(h) => 64 + h.method.len() + h.uri.len() + headers_len(&h.headers),
+            StreamHead::Tcp(_) => 32,
+        }
+    }
+
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         match self {
             StreamHead::Http(h) => {
@@ -302,6 +325,10 @@ impl Frame for StreamHead {
 }
 
 impl Frame for ResponseHead {
+    fn encoded_len_hint(&self) -> usize {
+        7 + headers_len(&self.headers)
+    }
+
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.put_u8(match (self.framed, self.lane) {
             (false, false) => TAG_RESPONSE,
@@ -432,6 +459,56 @@ mod tests {
             }),
             "00000006120000000900",
         );
+    }
+
+    /// A head's size hint covers its frame, with little to spare.
+    #[test]
+    fn head_size_hints_cover_the_frame() {
+        let mut v6 = sample_request();
+        v6.visitor = Some("[2001:db8::1]:443".parse().unwrap());
+        let heads = [
+            StreamHead::Http(sample_request()),
+            StreamHead::Http(v6),
+            StreamHead::Tcp(TcpHead {
+                tunnel_id: 1,
+                visitor: Some("[2001:db8::1]:443".parse().unwrap()),
+            }),
+        ];
+        for head in heads {
+            let mut buf = BytesMut::new();
+            head.encode(&mut buf).unwrap();
+            let hint = head.encoded_len_hint();
+            assert!(
+                (buf.len()..buf.len() + 64).contains(&hint),
+                "{hint} for {} bytes",
+                buf.len()
+            );
+        }
+        let resp = ResponseHead {
+            status: 200,
+            headers: headers([("content-type", b"text/plain"), ("x", b"")]),
+            framed: false,
+            lane: false,
+        };
+        let trailers = BodyChunk::Trailers(resp.headers.clone());
+        let data = BodyChunk::Data(vec![1u8; 5000].into());
+        for frame in [&resp as &dyn Hinted, &trailers, &data] {
+            let (len, hint) = frame.lengths();
+            assert_eq!(len, hint, "exact for a response head and body chunks");
+        }
+    }
+
+    /// A frame's encoded length and its hint.
+    trait Hinted {
+        fn lengths(&self) -> (usize, usize);
+    }
+
+    impl<T: Frame> Hinted for T {
+        fn lengths(&self) -> (usize, usize) {
+            let mut buf = BytesMut::new();
+            self.encode(&mut buf).unwrap();
+            (buf.len(), self.encoded_len_hint())
+        }
     }
 
     #[test]

@@ -122,14 +122,29 @@ impl Http1Pool {
     }
 
     /// The most recently returned connection to `authority` that is ready for a
-    /// request; closed and long-idle ones are dropped on the way.
+    /// request. Closed ones met on the way are dropped, and long-idle ones once the
+    /// oldest has waited too long: the list is in the order connections came back, so
+    /// a busy target costs a look at each end of it, not a pass over every connection.
     fn take(&self, authority: &str) -> Option<SendRequest<TunnelBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(authority)?;
         let now = Instant::now();
-        list.retain(|p| !p.sender.is_closed() && now.duration_since(p.since) < IDLE_TIMEOUT);
-        let i = list.iter().rposition(|p| p.sender.is_ready())?;
-        Some(list.remove(i).sender)
+        if list
+            .first()
+            .is_some_and(|p| now.duration_since(p.since) >= IDLE_TIMEOUT)
+        {
+            list.retain(|p| !p.sender.is_closed() && now.duration_since(p.since) < IDLE_TIMEOUT);
+        }
+        while let Some(i) = list
+            .iter()
+            .rposition(|p| p.sender.is_ready() || p.sender.is_closed())
+        {
+            let pooled = list.remove(i);
+            if !pooled.sender.is_closed() {
+                return Some(pooled.sender);
+            }
+        }
+        None
     }
 
     fn put(&self, authority: &str, sender: SendRequest<TunnelBody>) {
