@@ -160,6 +160,11 @@ pub fn set_forwarded(
     }
 }
 
+/// Names the kind of a response Porthole answered itself instead of the target
+/// (`no-tunnel`, `target-unreachable`, `signature-invalid`…), so a script can tell it
+/// from the app's own answer.
+pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-porthole-error");
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

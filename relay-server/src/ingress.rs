@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, Limited};
@@ -29,6 +29,7 @@ use tracing::debug;
 
 use crate::headers::{
     declared_length, match_host, normalize_host, set_forwarded, strip_hop_by_hop, HostMatch,
+    ERROR_HEADER,
 };
 use crate::policy::Refusal;
 use crate::queue::Decision;
@@ -207,7 +208,8 @@ where
     }
 }
 
-fn text(status: StatusCode, kind: &'static str, msg: String) -> Response<TunnelBody> {
+/// Porthole's own plain-text answer, its kind named in [`ERROR_HEADER`].
+pub(crate) fn text(status: StatusCode, kind: &'static str, msg: String) -> Response<TunnelBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(msg + "\n"))
             .map_err(|never| match never {})
@@ -219,10 +221,7 @@ fn text(status: StatusCode, kind: &'static str, msg: String) -> Response<TunnelB
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    h.insert(
-        HeaderName::from_static("x-porthole-error"),
-        HeaderValue::from_static(kind),
-    );
+    h.insert(ERROR_HEADER, HeaderValue::from_static(kind));
     resp
 }
 

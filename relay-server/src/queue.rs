@@ -31,7 +31,8 @@ use shared_proto::{RequestHead, ResponseHead, Scheme, StreamHead, TunnelName};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-use crate::headers::{set_forwarded, strip_hop_by_hop};
+use crate::headers::{set_forwarded, strip_hop_by_hop, ERROR_HEADER};
+use crate::ingress::text;
 use crate::quic::{encode_head, read_head, GuardedSend, StreamError, TunnelBody};
 use crate::registry::Route;
 use crate::store::{now_ms, Attempt, Limits, NewExchange, QueueId, QueueStore, StoreError, Stored};
@@ -501,25 +502,9 @@ impl Queue {
     }
 }
 
-fn plain(status: StatusCode, kind: &'static str, msg: String) -> Response<TunnelBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(msg + "\n"))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert("x-porthole-error", HeaderValue::from_static(kind));
-    resp
-}
-
 /// The answer for an offline name in `reject` mode: 503 with `Retry-After`.
 pub(crate) fn offline_reject(name: &str, domain: &str) -> Response<TunnelBody> {
-    let mut r = plain(
+    let mut r = text(
         StatusCode::SERVICE_UNAVAILABLE,
         "offline",
         format!("porthole: no client is online for {name}.{domain}; retry later"),
@@ -544,7 +529,7 @@ pub(crate) async fn accept(
         .max_body_bytes
         .min(relay.cfg.max_body_bytes.unwrap_or(u64::MAX));
     let too_large = || {
-        plain(
+        text(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body-too-large",
             format!("porthole: a queued request body may have at most {max} bytes"),
@@ -582,14 +567,14 @@ pub(crate) async fn accept(
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
         Ok(Err(e)) => {
             debug!(tunnel = %name, "reading a body to queue: {e}");
-            return plain(
+            return text(
                 StatusCode::BAD_REQUEST,
                 "body-failed",
                 "porthole: the request body could not be read".into(),
             );
         }
         Err(_) => {
-            return plain(
+            return text(
                 StatusCode::REQUEST_TIMEOUT,
                 "body-timeout",
                 "porthole: the request body was not sent in time".into(),
@@ -618,7 +603,7 @@ pub(crate) async fn accept(
         Err(e @ StoreError::DiskFull(_)) => {
             q.metrics.refused.fetch_add(1, Ordering::Relaxed);
             error!(tunnel = %name, "refusing a request: {e}");
-            plain(
+            text(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "storage-full",
                 "porthole: the relay's storage is full; this request was not stored".into(),
@@ -627,7 +612,7 @@ pub(crate) async fn accept(
         Err(e @ StoreError::QueueFull { .. }) => {
             q.metrics.refused.fetch_add(1, Ordering::Relaxed);
             warn!(tunnel = %name, "refusing a request: {e}");
-            let mut r = plain(
+            let mut r = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue-full",
                 format!("porthole: {e}; this request was not stored"),
@@ -639,7 +624,7 @@ pub(crate) async fn accept(
         Err(e) => {
             q.metrics.refused.fetch_add(1, Ordering::Relaxed);
             error!(tunnel = %name, "refusing a request: {e}");
-            let mut r = plain(
+            let mut r = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage-failed",
                 "porthole: the relay could not store this request".into(),
@@ -850,7 +835,7 @@ async fn deliver(relay: &Relay, route: &Route, rec: &Stored) -> Outcome {
         Ok(Ok(resp)) => {
             let kind = resp
                 .headers
-                .get("x-porthole-error")
+                .get(&ERROR_HEADER)
                 .map(|v| format!(" ({})", String::from_utf8_lossy(v.as_bytes())))
                 .unwrap_or_default();
             Outcome::Failed {

@@ -944,7 +944,7 @@ async fn answer_locally(
             ),
             (http::header::CONTENT_LENGTH, HeaderValue::from(body.len())),
             (
-                HeaderName::from_static("x-porthole-error"),
+                relay_server::headers::ERROR_HEADER,
                 HeaderValue::from_static(kind),
             ),
         ]),
