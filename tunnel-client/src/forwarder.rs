@@ -126,17 +126,18 @@ impl Target {
     }
 
     fn new(base: String) -> Self {
-        let direct = base.strip_prefix("http://").is_some_and(|authority| {
-            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            crate::loopback::is_localhost(host) || host.parse::<std::net::IpAddr>().is_ok()
-        });
         let origin = base.parse::<Uri>().ok().and_then(|u| {
             let p = u.into_parts();
             let scheme = p
                 .scheme
                 .filter(|s| *s == http::uri::Scheme::HTTP || *s == http::uri::Scheme::HTTPS)?;
             Some((scheme, p.authority?))
+        });
+        let direct = origin.as_ref().is_some_and(|(scheme, authority)| {
+            let host = authority.host();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            *scheme == http::uri::Scheme::HTTP
+                && (crate::loopback::is_localhost(host) || host.parse::<std::net::IpAddr>().is_ok())
         });
         Self {
             base,
@@ -810,9 +811,8 @@ impl Forwarder {
             .map_err(|e| format!("bad request head: {e}"))?;
         let h = req.headers_mut();
         *h = headers;
-        if rewrite_host {
-            let authority = target.as_str().split("://").last().unwrap_or_default();
-            if let Ok(v) = HeaderValue::from_str(authority) {
+        if let (true, Some((_, authority))) = (rewrite_host, &target.origin) {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                 h.insert(http::header::HOST, v);
             }
         }
