@@ -52,16 +52,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Waits (up to 120 s: valgrind runs code about 50 times slower) for FILE to contain TEXT.
-wait_for() {
-    for _ in $(seq 1200); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "link-order.sh: timed out waiting for '$2' in $1" >&2
-    cat "$1" >&2 || true
-    exit 1
-}
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+# Valgrind runs code about 50 times slower: every wait below allows 120 s.
 
 # The first "KEY":"VALUE" of a one-line JSON file (empty if it has none).
 field() { { grep -o "\"$1\":\"[^\"]*\"" "$2" || true; } | head -1 | cut -d'"' -f4; }
@@ -112,7 +105,7 @@ s.serve_forever()
 EOF
 python3 "$WORK/target.py" >"$WORK/target.port" &
 PIDS+=($!)
-wait_for "$WORK/target.port" '[0-9]'
+wait_for "$WORK/target.port" '[0-9]' 120
 TARGET=127.0.0.1:$(cat "$WORK/target.port")
 
 # A relay with the serve options after $1, run as $1 (see run_as).
@@ -128,7 +121,7 @@ start_relay() {
     run_as "$1" "${cmd[@]}" >"$dir/out" 2>"$dir/err" &
     PIDS+=($!)
     RELAY_PID=$!
-    wait_for "$dir/out" listening
+    wait_for "$dir/out" listening 120
     RELAY_HTTP=$(field http "$dir/out")
     RELAY_HTTPS=$(field https "$dir/out")
     RELAY_TUNNEL=$(field tunnel "$dir/out")
@@ -144,7 +137,7 @@ start_client() {
     PORTHOLE_DATA_DIR=$WORK/c-$name run_as "$name" "${cmd[@]}" >"$WORK/$name.out" 2>&1 &
     PIDS+=($!)
     CLIENT_PID=$!
-    wait_for "$WORK/$name.out" '"url"'
+    wait_for "$WORK/$name.out" '"url"' 120
 }
 
 # Ends the current phase of profiled process PID (see run_as): callgrind writes what ran
@@ -203,7 +196,7 @@ PORTHOLE_DATA_DIR=$WORK/c-local run_as client-local "$BIN/porthole" http --json 
     --local-addr 127.0.0.1:0 --inspect 127.0.0.1:0 >"$WORK/local.out" 2>&1 &
 PIDS+=($!)
 LOCAL_PID=$!
-wait_for "$WORK/local.out" '"url"'
+wait_for "$WORK/local.out" '"url"' 120
 URL=$(field url "$WORK/local.out")
 HOSTPORT=${URL#http://}
 phase "$LOCAL_PID"

@@ -78,7 +78,18 @@ impl quinn::AsyncUdpSocket for Socket {
                 self.state
                     .recv(io.get_ref().into(), &mut bufs[..n], &mut meta[..n])
             }) {
-                Ok(read) => return Poll::Ready(read),
+                Ok(Ok(read)) => {
+                    // Fewer datagrams than asked for: the queue was empty when the
+                    // read returned, so the next read would only fail with WouldBlock.
+                    // Clearing readiness saves that system call; a datagram that came
+                    // after this read's readiness event has raised a newer one, which
+                    // tokio keeps.
+                    if read < n {
+                        guard.clear_ready();
+                    }
+                    return Poll::Ready(Ok(read));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
                 // Not readable after all: readiness is cleared, wait again.
                 Err(_would_block) => continue,
             }
@@ -193,6 +204,29 @@ mod tests {
             }
         }
         assert_eq!(got, (0..count).map(|i| i as u8).collect::<Vec<_>>());
+    }
+
+    /// A read that finds fewer datagrams than it asked for clears readiness without a
+    /// second read; each datagram sent after that still wakes the reader.
+    #[tokio::test]
+    async fn a_short_read_misses_no_later_datagram() {
+        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = Arc::new(Socket::new(bind()).unwrap());
+        let b = Arc::new(Socket::new(bind()).unwrap());
+        let to = b.local_addr().unwrap();
+        let mut buf = vec![0u8; 2048 * RECV_BATCH];
+        for i in 0..50u8 {
+            a.try_send(&transmit(to, &[i; 10])).unwrap();
+            let mut bufs: Vec<IoSliceMut<'_>> = buf.chunks_mut(2048).map(IoSliceMut::new).collect();
+            let mut meta = vec![RecvMeta::default(); bufs.len()];
+            let read = std::future::poll_fn(|cx| b.poll_recv(cx, &mut bufs, &mut meta));
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+                .await
+                .expect("a datagram sent after a short read never woke the reader")
+                .unwrap();
+            assert_eq!(n, 1);
+            assert_eq!(&bufs[0][..meta[0].len], &[i; 10]);
+        }
     }
 
     /// A sender that found the buffer full waits on a registration for writability,

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Records the profile that release builds of porthole and porthole-relay are optimized
+# with (pgo/merged.profdata; scripts/rustc-pgo.sh applies it). Builds both binaries
+# instrumented, runs them through what they do every day on loopback (4 KiB POSTs at
+# c=1 and c=64, and at c=16 over HTTPS; GETs; 100 MiB downloads and uploads; a client
+# with the inspector on and one without; an unknown name), stops them cleanly so that
+# they write their counts, and merges the counts. Then cleans the release build: crates
+# from crates.io are not rebuilt when the profile changes.
+#
+# Run it after changing code an exchange runs through (docs/internals.md,
+# "Profile-guided optimization"); then scripts/link-order.sh. Needs wrk and curl, and
+# llvm-profdata of the LLVM rustc is built with (`apt-get install llvm-22`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+profdata=$(command -v "llvm-profdata-$llvm" || true)
+if [ -z "$profdata" ] && llvm-profdata --version 2>/dev/null | grep -q "LLVM version $llvm\."; then
+  profdata=$(command -v llvm-profdata)
+fi
+if [ -z "$profdata" ]; then
+  echo "pgo.sh: needs llvm-profdata of LLVM $llvm (rustc's): apt-get install llvm-$llvm" >&2
+  exit 1
+fi
+for tool in wrk curl; do
+  command -v "$tool" >/dev/null || { echo "pgo.sh: needs $tool on PATH" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building the target server and the instrumented binaries"
+cargo build --release --locked -p porthole-bench
+# A fixed directory for the counts, so that the next run's instrumented build is
+# incremental (the flag is part of every crate's fingerprint).
+gen=$root/target/pgo-gen
+raw=$gen/counts
+RUSTFLAGS="-Cprofile-generate=$raw" \
+  cargo build --release --locked -p relay-server -p tunnel-client --target-dir "$gen"
+rm -rf "$raw" # counts of build scripts run by that build, or of an earlier run
+
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+# Stops process $1 with SIGINT and waits up to 10 s for it to exit (and write counts).
+stop() {
+  kill -INT "$1"
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  echo "pgo.sh: process $1 did not stop on SIGINT" >&2
+  exit 1
+}
+
+target/release/porthole-bench target-server --threads 1 >"$work/target.out" 2>&1 &
+pids+=($!)
+wait_for "$work/target.out" '^listening '
+target=$(sed -n 's/^listening //p' "$work/target.out")
+
+relay=$gen/release/porthole-relay
+client=$gen/release/porthole
+token=$("$relay" token add pgo --data-dir "$work/relay" | tail -1)
+pin=$("$relay" fingerprint --data-dir "$work/relay" | tail -1)
+RUST_LOG=warn "$relay" serve --data-dir "$work/relay" --domain localhost \
+  --http-addr 127.0.0.1:0 --https-addr 127.0.0.1:0 --tunnel-addr 127.0.0.1:0 \
+  --admin-addr off --json \
+  >"$work/relay.out" 2>&1 &
+relay_pid=$!
+pids+=($relay_pid)
+wait_for "$work/relay.out" '"listening"'
+http=$(grep -o '"http":"[^"]*"' "$work/relay.out" | cut -d'"' -f4)
+https=$(grep -o '"https":"[^"]*"' "$work/relay.out" | cut -d'"' -f4)
+tunnel=$(grep -o '"tunnel":"[^"]*"' "$work/relay.out" | cut -d'"' -f4)
+client_pids=()
+for name in plain inspected; do
+  inspect=off
+  [ "$name" = inspected ] && inspect=127.0.0.1:0
+  PORTHOLE_DATA_DIR="$work/$name" RUST_LOG=warn "$client" http "$target" --relay "$tunnel" \
+    --token "$token" --relay-pin "$pin" --name "$name" --inspect "$inspect" --json --quiet \
+    >"$work/$name.out" 2>&1 &
+  client_pids+=($!)
+  pids+=($!)
+  wait_for "$work/$name.out" '"ready"'
+done
+
+cat >"$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = string.rep("x", 4096)
+wrk.headers["Content-Type"] = "application/json"
+LUA
+load() { # connections seconds host [script]
+  wrk -t1 -c"$1" -d"$2s" ${4:+-s "$4"} -H "Host: $3.localhost" "$url" | grep Requests/sec
+}
+echo "training"
+url=https://$https/
+load 16 3 plain "$work/post.lua"
+url=http://$http/
+load 1 6 plain "$work/post.lua"
+load 64 6 plain "$work/post.lua"
+load 1 2 plain
+load 1 2 inspected "$work/post.lua"
+load 16 2 inspected "$work/post.lua"
+for _ in 1 2 3; do
+  curl -sS -o /dev/null -H "Host: plain.localhost" "${url}download/104857600"
+done
+for _ in 1 2; do
+  head -c 104857600 /dev/zero |
+    curl -sS -o /dev/null -H "Host: plain.localhost" --data-binary @- "${url}upload"
+done
+curl -sS -o /dev/null -H "Host: nobody.localhost" "$url"
+for p in "${client_pids[@]}"; do stop "$p"; done
+stop "$relay_pid"
+
+# Sparse: functions that never ran carry no counts and are optimized as without a
+# profile. With their zero counts kept (8.7 MB instead of 1.5 MB), LLVM optimized them
+# for size: the relay's code shrank by 0.75 MB, yet its idle RSS grew by 1 MiB and c=1
+# and c=64 came out slower than with this profile (two paired rounds).
+"$profdata" merge --sparse -o pgo/merged.profdata "$raw"/*.profraw
+echo "$llvm" >pgo/llvm-major
+ls -l pgo/merged.profdata
+echo "cleaning the release build, so that every crate is rebuilt with the new profile"
+cargo clean --release
