@@ -171,6 +171,26 @@ mod tests {
         }
     }
 
+    /// One read of `socket` into 2 KiB slices of `buf`: each datagram's sender and bytes.
+    async fn read(
+        socket: &Socket,
+        buf: &mut [u8],
+        missing: &str,
+    ) -> Vec<(std::net::SocketAddr, Vec<u8>)> {
+        let mut bufs: Vec<IoSliceMut<'_>> = buf.chunks_mut(2048).map(IoSliceMut::new).collect();
+        let mut meta = vec![RecvMeta::default(); bufs.len()];
+        let read = std::future::poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut meta));
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect(missing)
+            .unwrap();
+        meta[..n]
+            .iter()
+            .zip(&bufs)
+            .map(|(m, b)| (m.addr, b[..m.len].to_vec()))
+            .collect()
+    }
+
     /// Datagrams go out and come in, at most [`RECV_BATCH`] per read.
     #[tokio::test]
     async fn sends_and_receives_in_short_batches() {
@@ -189,18 +209,16 @@ mod tests {
         let mut buf = vec![0u8; 2048 * 32];
         let mut got = Vec::new();
         while got.len() < count {
-            let mut bufs: Vec<IoSliceMut<'_>> = buf.chunks_mut(2048).map(IoSliceMut::new).collect();
-            let mut meta = vec![RecvMeta::default(); bufs.len()];
-            let read = std::future::poll_fn(|cx| b.poll_recv(cx, &mut bufs, &mut meta));
-            let n = tokio::time::timeout(std::time::Duration::from_secs(10), read)
-                .await
-                .expect("a datagram never arrived")
-                .unwrap();
-            assert!((1..=RECV_BATCH).contains(&n), "{n} datagrams in one read");
-            for (m, b) in meta[..n].iter().zip(&bufs) {
-                assert_eq!(m.len, 100);
-                assert_eq!(m.addr, a.local_addr().unwrap());
-                got.push(b[0]);
+            let datagrams = read(&b, &mut buf, "a datagram never arrived").await;
+            assert!(
+                (1..=RECV_BATCH).contains(&datagrams.len()),
+                "{} datagrams in one read",
+                datagrams.len()
+            );
+            for (from, payload) in datagrams {
+                assert_eq!(payload.len(), 100);
+                assert_eq!(from, a.local_addr().unwrap());
+                got.push(payload[0]);
             }
         }
         assert_eq!(got, (0..count).map(|i| i as u8).collect::<Vec<_>>());
@@ -217,15 +235,13 @@ mod tests {
         let mut buf = vec![0u8; 2048 * RECV_BATCH];
         for i in 0..50u8 {
             a.try_send(&transmit(to, &[i; 10])).unwrap();
-            let mut bufs: Vec<IoSliceMut<'_>> = buf.chunks_mut(2048).map(IoSliceMut::new).collect();
-            let mut meta = vec![RecvMeta::default(); bufs.len()];
-            let read = std::future::poll_fn(|cx| b.poll_recv(cx, &mut bufs, &mut meta));
-            let n = tokio::time::timeout(std::time::Duration::from_secs(10), read)
-                .await
-                .expect("a datagram sent after a short read never woke the reader")
-                .unwrap();
-            assert_eq!(n, 1);
-            assert_eq!(&bufs[0][..meta[0].len], &[i; 10]);
+            let datagrams = read(
+                &b,
+                &mut buf,
+                "a datagram sent after a short read never woke the reader",
+            )
+            .await;
+            assert_eq!(datagrams, vec![(a.local_addr().unwrap(), vec![i; 10])]);
         }
     }
 
