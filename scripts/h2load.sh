@@ -11,12 +11,13 @@ trap 'kill $CP $RP 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
   --tunnel-addr 127.0.0.1:0 --admin-addr off --data-dir "$D" >"$D/relay.out" 2>"$D/relay.err" &
 RP=$!
 for _ in $(seq 100); do grep -q listening "$D/relay.out" 2>/dev/null && break; sleep 0.1; done
-field() { python3 -c "import json,sys;print(json.loads(open(sys.argv[1]).readline())[sys.argv[2]])" "$1" "$2"; }
-HTTP=$(field "$D/relay.out" http)
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+HTTP=$(field http "$D/relay.out")
 TOKEN=$("$BIN/porthole-relay" token add bench --data-dir "$D" 2>/dev/null | tail -1)
-PORTHOLE_TOKEN=$TOKEN "$BIN/porthole" http --relay "$(field "$D/relay.out" tunnel)" \
-  --relay-pin "$(field "$D/relay.out" pin)" --inspect off --json --quiet >"$D/client.out" 2>"$D/client.err" &
+PORTHOLE_TOKEN=$TOKEN "$BIN/porthole" http --relay "$(field tunnel "$D/relay.out")" \
+  --relay-pin "$(field pin "$D/relay.out")" --inspect off --json --quiet >"$D/client.out" 2>"$D/client.err" &
 CP=$!
 for _ in $(seq 100); do grep -q ready "$D/client.out" 2>/dev/null && break; sleep 0.1; done
-NAME=$(field "$D/client.out" name)
+NAME=$(field name "$D/client.out")
 h2load "$@" -H ":authority: $NAME.localhost" "http://$HTTP/"

@@ -56,9 +56,6 @@ trap cleanup EXIT
 source scripts/lib.sh
 # Valgrind runs code about 50 times slower: every wait below allows 120 s.
 
-# The first "KEY":"VALUE" of a one-line JSON file (empty if it has none).
-field() { { grep -o "\"$1\":\"[^\"]*\"" "$2" || true; } | head -1 | cut -d'"' -f4; }
-
 # Runs COMMAND... in place of this (background) shell, so that $! is its own pid, which
 # stop() signals: under callgrind with its profile named NAME, or as it is when NAME is
 # `plain`.

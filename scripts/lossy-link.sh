@@ -59,24 +59,23 @@ table inet lossy {
 }
 NFT
 
-wait_for() { for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "lossy-link: no '$2' in $1" >&2; cat "$1" >&2; exit 1; }
-field() { python3 -c "import json,sys;print(json.loads(open(sys.argv[1]).readline())[sys.argv[2]])" "$1" "$2"; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 free_port() { python3 -c "import socket,sys;s=socket.socket();s.bind((sys.argv[1],0));print(s.getsockname()[1])" "$1"; }
 
 IN_BG "$BIN/porthole-bench" target-server --addr 127.0.0.1:0 --threads 1 >"$D/target.out" 2>&1 &
 PIDS+=($!)
-wait_for "$D/target.out" 127.0.0.1
+wait_for "$D/target.out" 127.0.0.1 10
 TARGET=$(grep -o '127.0.0.1:[0-9]*' "$D/target.out" | head -1)
 
 "$BIN/porthole-relay" serve --json --domain localhost --http-addr 127.0.0.1:0 \
   --tunnel-addr "$NET.1:0" --admin-addr off --data-dir "$D" >"$D/relay.out" 2>"$D/relay.err" &
 PIDS+=($!)
-wait_for "$D/relay.out" listening
+wait_for "$D/relay.out" listening 10
 TOKEN=$("$BIN/porthole-relay" token add lossy --data-dir "$D" 2>/dev/null | tail -1)
-RELAY_HTTP=$(field "$D/relay.out" http)
-RELAY_TUNNEL=$(field "$D/relay.out" tunnel)
-RELAY_PIN=$(field "$D/relay.out" pin)
+RELAY_HTTP=$(field http "$D/relay.out")
+RELAY_TUNNEL=$(field tunnel "$D/relay.out")
+RELAY_PIN=$(field pin "$D/relay.out")
 # start_client NAME [TARGET]: a client in the namespace (run it with &).
 start_client() {
   IN_BG env PORTHOLE_TOKEN="$TOKEN" PORTHOLE_DATA_DIR="$D" "$BIN/porthole" http ${2:+"$2"} \
@@ -84,7 +83,7 @@ start_client() {
 }
 start_client lossy "$TARGET" >"$D/client.out" 2>"$D/client.err" &
 PIDS+=($!)
-wait_for "$D/client.out" ready
+wait_for "$D/client.out" ready 10
 PATHS=("porthole $RELAY_HTTP lossy.localhost")
 
 if command -v rathole >/dev/null; then

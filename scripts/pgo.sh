@@ -13,8 +13,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
-llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+llvm=$(llvm_major rustc)
 profdata=$(command -v "llvm-profdata-$llvm" || true)
 if [ -z "$profdata" ] && llvm-profdata --version 2>/dev/null | grep -q "LLVM version $llvm\."; then
   profdata=$(command -v llvm-profdata)
@@ -45,8 +47,6 @@ RUSTFLAGS="-Cprofile-generate=$raw" \
   cargo build --release --locked -p relay-server -p tunnel-client --target-dir "$gen"
 rm -rf "$raw" # counts of build scripts run by that build, or of an earlier run
 
-# shellcheck source=scripts/lib.sh
-source scripts/lib.sh
 # Stops process $1 with SIGINT and waits up to 10 s for it to exit (and write counts).
 stop() {
   kill -INT "$1"
@@ -71,9 +71,9 @@ RUST_LOG=warn "$relay" serve --data-dir "$work/relay" --domain localhost \
 relay_pid=$!
 pids+=($relay_pid)
 wait_for "$work/relay.out" '"listening"'
-http=$(grep -o '"http":"[^"]*"' "$work/relay.out" | cut -d'"' -f4)
-https=$(grep -o '"https":"[^"]*"' "$work/relay.out" | cut -d'"' -f4)
-tunnel=$(grep -o '"tunnel":"[^"]*"' "$work/relay.out" | cut -d'"' -f4)
+http=$(field http "$work/relay.out")
+https=$(field https "$work/relay.out")
+tunnel=$(field tunnel "$work/relay.out")
 client_pids=()
 for name in plain inspected; do
   inspect=off

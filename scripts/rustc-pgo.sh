@@ -6,7 +6,8 @@
 # wrote the profile (it could not read it) and PORTHOLE_PGO=0 run rustc unchanged.
 rustc=$1
 shift
-dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/pgo"
+scripts="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+dir="$(dirname "$scripts")/pgo"
 use=0
 for arg in "$@"; do
     case $arg in
@@ -18,7 +19,9 @@ for arg in "$@"; do
     esac
 done
 if [[ $use == 1 && ${PORTHOLE_PGO:-1} != 0 && -f $dir/merged.profdata ]]; then
-    llvm=$("$rustc" -vV 2>/dev/null | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+    # shellcheck source=scripts/lib.sh
+    source "$scripts/lib.sh"
+    llvm=$(llvm_major "$rustc")
     if [[ -n $llvm && $llvm -ge $(cat "$dir/llvm-major" 2>/dev/null || echo 999) ]]; then
         exec "$rustc" "$@" -Cprofile-use="$dir/merged.profdata"
     fi

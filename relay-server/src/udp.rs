@@ -171,6 +171,12 @@ mod tests {
         }
     }
 
+    /// A socket on an ephemeral loopback port.
+    fn bound() -> Arc<Socket> {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        Arc::new(Socket::new(sock).unwrap())
+    }
+
     /// One read of `socket` into 2 KiB slices of `buf`: each datagram's sender and bytes.
     async fn read(
         socket: &Socket,
@@ -194,9 +200,7 @@ mod tests {
     /// Datagrams go out and come in, at most [`RECV_BATCH`] per read.
     #[tokio::test]
     async fn sends_and_receives_in_short_batches() {
-        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let a = Arc::new(Socket::new(bind()).unwrap());
-        let b = Arc::new(Socket::new(bind()).unwrap());
+        let (a, b) = (bound(), bound());
         let to = b.local_addr().unwrap();
         let mut poller = a.clone().create_io_poller();
         let count = RECV_BATCH * 3;
@@ -228,9 +232,7 @@ mod tests {
     /// second read; each datagram sent after that still wakes the reader.
     #[tokio::test]
     async fn a_short_read_misses_no_later_datagram() {
-        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let a = Arc::new(Socket::new(bind()).unwrap());
-        let b = Arc::new(Socket::new(bind()).unwrap());
+        let (a, b) = (bound(), bound());
         let to = b.local_addr().unwrap();
         let mut buf = vec![0u8; 2048 * RECV_BATCH];
         for i in 0..50u8 {
@@ -251,9 +253,11 @@ mod tests {
     /// so a full buffer is set here by hand.)
     #[tokio::test]
     async fn a_full_buffer_is_waited_out() {
-        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let a = Arc::new(Socket::new(bind()).unwrap());
-        let to = bind().local_addr().unwrap();
+        let a = bound();
+        let to = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let mut poller = a.clone().create_io_poller();
         a.full.store(true, Ordering::Relaxed);
         let wait = std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx));

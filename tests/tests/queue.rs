@@ -230,8 +230,7 @@ async fn a_thousand_webhooks_sent_offline_arrive_once_each_in_order() {
     let token = relay.token("dev").unwrap();
     let target = Flaky::start().await;
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let env = [("PORTHOLE_DATA_DIR", data.path().to_str().unwrap())];
     reserve(&relay, &token, "hooks", &env, &[]).await;
 
     let sent = Arc::new(Mutex::new(Vec::new()));
@@ -279,8 +278,7 @@ async fn relay_killed_during_a_flood_loses_nothing_it_acknowledged() {
     let token = relay.token("dev").unwrap();
     let target = Flaky::start().await;
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let env = [("PORTHOLE_DATA_DIR", data.path().to_str().unwrap())];
     reserve(&relay, &token, "hooks", &env, &[]).await;
 
     let sent = Arc::new(Mutex::new(Vec::new()));
@@ -342,8 +340,7 @@ async fn a_failing_target_gets_the_webhooks_once_it_recovers() {
     let target = Flaky::start().await;
     target.fail.store(503, Ordering::SeqCst);
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let env = [("PORTHOLE_DATA_DIR", data.path().to_str().unwrap())];
     let client = Client::start_with_env(
         &relay,
         &target.addr.to_string(),
@@ -411,8 +408,7 @@ async fn a_visitor_cannot_forge_a_queue_id() {
     let token = relay.token("dev").unwrap();
     let target = Flaky::start().await;
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let env = [("PORTHOLE_DATA_DIR", data.path().to_str().unwrap())];
     let client = Client::start_with_env(
         &relay,
         &target.addr.to_string(),
@@ -469,8 +465,7 @@ async fn a_target_that_never_recovers_ends_dead_lettered_and_visible() {
     let target = Flaky::start().await;
     target.fail.store(500, Ordering::SeqCst);
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let env = [("PORTHOLE_DATA_DIR", data.path().to_str().unwrap())];
     let client = Client::start_with_env(
         &relay,
         &target.addr.to_string(),
@@ -568,8 +563,7 @@ async fn queue_and_offline_modes_answer_the_sender_as_configured() {
     let token = relay.token("dev").unwrap();
     let target = Target::start().await.unwrap();
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let env = [("PORTHOLE_DATA_DIR", data.path().to_str().unwrap())];
 
     // Queue mode: the sender is answered (as configured) before the app answers.
     let client = Client::start_with_env(
@@ -763,8 +757,7 @@ async fn a_full_disk_answers_507_and_the_queue_stays_readable() {
     let token = relay.token("dev").unwrap();
     let target = Flaky::start().await;
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let env = [("PORTHOLE_DATA_DIR", data.path().to_str().unwrap())];
     reserve(&relay, &token, "full", &env, &[]).await;
 
     // 8 KiB webhooks until the relay refuses: every answer is 202 or a clear 507.
@@ -870,8 +863,7 @@ async fn the_inspector_shows_dead_letters_and_drops_them() {
     let target = Flaky::start().await;
     target.fail.store(500, Ordering::SeqCst);
     let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().display().to_string();
-    let env = [("PORTHOLE_DATA_DIR", data_dir.as_str())];
+    let env = [("PORTHOLE_DATA_DIR", data.path().to_str().unwrap())];
     let client = Client::start_with_env(
         &relay,
         &target.addr.to_string(),
