@@ -138,8 +138,8 @@ start_client() {
 }
 
 # Ends the current phase of profiled process PID (see run_as): callgrind writes what ran
-# since the last dump to NAME.cg.1, NAME.cg.2, …; what runs after the last dump (idle and
-# stopping) goes to NAME.cg as the process exits.
+# since the last dump to NAME.cg.1, NAME.cg.2, …; what runs after the last dump
+# (stopping) goes to NAME.cg as the process exits.
 phase() {
     callgrind_control -d "$1" >/dev/null 2>&1
 }
@@ -160,6 +160,7 @@ requests "http://$RELAY_HTTP" "$HOST" 50
 curl -sS -o /dev/null -H 'Host: nobody.localhost' "http://$RELAY_HTTP/"
 phase "$RELAY_PID"
 sleep 2
+phase "$RELAY_PID"
 stop "$CLIENT_PID"
 stop "$RELAY_PID"
 start_relay relay --https-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0
@@ -172,10 +173,11 @@ requests "https://$HOST:$PORT" "$HOST" 20 -k --http2 --resolve "$HOST:$PORT:127.
 curl -sS -o /dev/null -H 'Host: nobody.localhost' "http://$RELAY_HTTP/"
 phase "$RELAY_PID"
 sleep 2
+phase "$RELAY_PID"
 stop "$CLIENT_PID"
 stop "$RELAY_PID"
 
-echo "link-order.sh: profiling porthole (inspector on and off, local mode)…"
+echo "link-order.sh: profiling porthole (inspector off and on, local mode)…"
 start_relay plain --admin-addr off
 for mode in inspect quiet; do
     if [ $mode = inspect ]; then start_client client-$mode "$TARGET" --inspect 127.0.0.1:0
@@ -185,6 +187,7 @@ for mode in inspect quiet; do
     requests "http://$RELAY_HTTP" "client-$mode.localhost" 50
     phase "$CLIENT_PID"
     sleep 2
+    phase "$CLIENT_PID"
     stop "$CLIENT_PID"
 done
 stop "$RELAY_PID"
@@ -200,17 +203,23 @@ phase "$LOCAL_PID"
 requests "http://127.0.0.1:${HOSTPORT##*:}" "${HOSTPORT%%:*}" 20
 phase "$LOCAL_PID"
 sleep 2
+phase "$LOCAL_PID"
 stop "$LOCAL_PID"
 
-# The functions of each binary that ran, in the order a process first needs them, so that
-# the code it has touched by a given point is a few stretches at the start of .text:
-# 1. those that served requests, hottest (own instructions while serving) first: the
-#    per-exchange code, packed together;
-# 2. those that ran before the process went idle (starting, connecting);
-# 3. those that ran only while idle or stopping.
-# Each tier is grouped by the runs that used it: every run first, then the first run's,
-# and so on. Each profile has three parts (see phase): NAME.cg.1 from start to ready,
-# NAME.cg.2 serving, NAME.cg idle and stopping.
+# The functions of each binary that ran, in the order a process needs them. The kernel
+# maps 64 KiB of code around each page that first runs (fault-around), so code that did
+# not run, lying between code that did, is memory too. The runs go from the leanest
+# configuration to the richest (the relay: HTTP only, then HTTPS and the admin API; the
+# client: inspector off, on, local mode), and the functions each run used that no
+# earlier run did form one block:
+# 1. those that served requests (connecting included), hottest first (own instructions
+#    while serving): the per-exchange code, packed together;
+# 2. those that ran while starting;
+# 3. those that ran while idle.
+# What ran only while stopping comes last. A process of the leanest kind thus touches
+# one dense stretch at the start of .text; a richer one, that stretch and its own blocks.
+# Each profile has four parts (see phase): NAME.cg.1 from start to ready, NAME.cg.2
+# serving, NAME.cg.3 idle, NAME.cg stopping.
 python3 - "$WORK" <<'EOF'
 import collections, re, subprocess, sys
 work = sys.argv[1]
@@ -248,10 +257,10 @@ def profile(path, base):
 #   curve25519 code;
 # - clap parses each flag given with glue generic over the flag's type: all its
 #   instances, whichever flags an operator passes.
-VARIANT = re.compile(r"_(nohw|adx|avx2?|generic_masked|sse41|ssse3_4x|vaes_avx2|clmul|vpclmulqdq_avx2(_1)?)$")
+VARIANT = re.compile(r"_(nohw|hw|adx|avx2?|generic_masked|sse41|ssse3_4x|vaes_avx2|clmul|vpclmulqdq_avx2(_1)?)$")
 
 def family(name):
-    if re.match(r"(fe4_|fiat_25519_|ring_core_\w*fiat_curve25519_adx_)", name):
+    if re.match(r"(fe4_|fiat_25519_|inline_x25519_|ring_core_\w*fiat_curve25519_adx_)", name):
         return "x25519_scalar_mult"
     if name.startswith("ring_core_"):
         return VARIANT.sub("", re.sub(r"^ring_core_\d+_\d+_\d+__", "", name))
@@ -261,28 +270,23 @@ def family(name):
 
 def order(binary, profiles, out):
     base = "/" + binary.split("/")[-1]
-    phases = [[profile(f"{work}/{p}.cg.{i}", base) for i in (1, 2)] + [profile(f"{work}/{p}.cg", base)]
+    phases = [[profile(f"{work}/{p}.cg.{i}", base) for i in (1, 2, 3)] + [profile(f"{work}/{p}.cg", base)]
               for p in profiles]
-    runs = range(len(profiles))
     serving, total = collections.Counter(), collections.Counter()
-    served, live, seen = (collections.defaultdict(set) for _ in range(3))
-    for i, (start, serve, rest) in enumerate(phases):
-        serving.update(serve)
-        for part, c in enumerate((start, serve, rest)):
+    for run in phases:
+        serving.update(run[1])
+        for c in run:
             total.update(c)
-            for n in c:
-                seen[n].add(i)
-                if part < 2:
-                    live[n].add(i)
-                if part == 1:
-                    served[n].add(i)
     nm = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
     text = {p[2] for p in (l.split() for l in nm.splitlines()) if len(p) == 3 and p[1] in "tT"}
     def key(n):
-        tier, used, cost = ((0, served[n], serving[n]) if served[n] else
-                            (1, live[n], total[n]) if live[n] else (2, seen[n], total[n]))
-        return (tier, [i not in used for i in runs], -cost, n)
-    names = sorted((n for n in seen if n in text), key=key)
+        first = next((i for i, run in enumerate(phases) if any(n in c for c in run[:3])), None)
+        if first is None:  # ran only while stopping
+            return (len(phases), 0, -total[n], n)
+        start, serve, _ = phases[first][:3]
+        part = 0 if n in serve else 1 if n in start else 2
+        return (first, part, -(serving[n] if part == 0 else total[n]), n)
+    names = sorted((n for n in total if n in text), key=key)
     families = collections.defaultdict(list)
     for n in sorted(text):
         if family(n):
@@ -297,8 +301,7 @@ def order(binary, profiles, out):
         f.write("".join(n + "\n" for n in listed))
     print(f"link-order.sh: {out}: {len(listed)} of {len(text)} functions")
 order("target/release/porthole-relay", ["relay-http", "relay"], "relay-server/link-order.txt")
-# The client's default run (the inspector on) first.
-order("target/release/porthole", ["client-inspect", "client-quiet", "client-local"],
+order("target/release/porthole", ["client-quiet", "client-inspect", "client-local"],
       "tunnel-client/link-order.txt")
 EOF
 echo "link-order.sh: rebuild with cargo build --release to link in the new order"
