@@ -292,7 +292,9 @@ def order(binary, profiles, out):
         if family(n):
             families[family(n)].append(n)
     placed, listed = set(), []
-    for n in ["_start"] * ("_start" in text) + names:
+    # The C runtime's entry and its init function (run before main; callgrind's profile
+    # does not name it) first.
+    for n in [c for c in ("_start", "frame_dummy") if c in text] + names:
         for m in [n] + families.get(family(n), []):
             if m not in placed:
                 placed.add(m)
