@@ -650,14 +650,14 @@ fn refuse(
     );
     if let Some(notices) = &route.edge.notices {
         // Never wait on a slow client: a dropped notice only costs an inspector row.
-        let _ = notices.try_send(ServerMessage::ExchangeRefused {
+        let _ = notices.try_send(Box::new(ServerMessage::ExchangeRefused {
             tunnel_id: route.tunnel_id,
             method: method.as_str().to_owned(),
             path: path.to_owned(),
             status: r.status.as_u16(),
             reason: r.message.clone(),
             visitor: Some(visitor.peer.to_string()),
-        });
+        }));
     }
     let auth = r.kind == "auth-required";
     let mut resp = text(r.status, r.kind, r.message);

@@ -38,8 +38,13 @@ pub struct TunnelEdge {
     /// The client's edge policy, if it declared one.
     pub policy: Option<CompiledPolicy>,
     /// Refusal notices for the session's control stream, if the client asked for them.
-    pub notices: Option<tokio::sync::mpsc::Sender<shared_proto::ServerMessage>>,
+    pub notices: Option<Notices>,
 }
+
+/// Where a session's refusal notices go. The messages are boxed: a tokio channel
+/// allocates its first block of 32 slots when it is made, once per session, and 32
+/// `ServerMessage`s are 3 KiB where 32 boxes are 256 bytes.
+pub type Notices = tokio::sync::mpsc::Sender<Box<shared_proto::ServerMessage>>;
 
 /// One tunnel's edge policy as the client declares it (the option's JSON shape).
 /// Every field is optional; an empty policy is not sent.

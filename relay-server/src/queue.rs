@@ -319,13 +319,24 @@ pub(crate) enum Decision {
     Reject,
 }
 
-/// The relay's queue: the store, delivery settings and one worker per name.
+/// A running worker's wake-up: `woken` is set by each wake and cleared by the worker
+/// before it looks for work, so it cannot retire past a wake it has not seen.
+struct Worker {
+    notify: Arc<Notify>,
+    woken: bool,
+}
+
+/// The relay's queue: the store, delivery settings and one worker per name with work.
 pub struct Queue {
     store: Arc<dyn QueueStore>,
     cfg: QueueConfig,
     /// What each client asked for in its last bind (persisted in the store).
     client_set: Mutex<HashMap<String, Delivery>>,
-    workers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The names whose worker runs. A worker retires when its name has nothing to
+    /// deliver (nothing queued, or no client holding it), so a relay whose clients come
+    /// and go under fresh names keeps no task per name it ever saw; every change that
+    /// can give a name work (enqueue, bind, retry, start) wakes or starts its worker.
+    workers: Mutex<HashMap<String, Worker>>,
     /// Counters.
     pub metrics: QueueMetrics,
 }
@@ -426,14 +437,39 @@ impl Queue {
     /// Wakes (or starts) the worker of `name`.
     pub(crate) fn wake(&self, relay: &Arc<Relay>, name: &str) {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = workers.get(name) {
-            n.notify_one();
+        if let Some(w) = workers.get_mut(name) {
+            w.woken = true;
+            w.notify.notify_one();
             return;
         }
         let notify = Arc::new(Notify::new());
-        notify.notify_one();
-        workers.insert(name.to_owned(), notify.clone());
+        workers.insert(
+            name.to_owned(),
+            Worker {
+                notify: notify.clone(),
+                woken: false,
+            },
+        );
         tokio::spawn(run_worker(relay.clone(), name.to_owned(), notify));
+    }
+
+    /// Clears the wake-up flag of `name`'s worker, before it looks for work.
+    fn clear_woken(&self, name: &str) {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = workers.get_mut(name) {
+            w.woken = false;
+        }
+    }
+
+    /// Ends `name`'s worker unless a wake came since it last looked for work: then it
+    /// looks again. Returns whether it retired.
+    fn retire(&self, name: &str) -> bool {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if workers.get(name).is_some_and(|w| w.woken) {
+            return false;
+        }
+        workers.remove(name);
+        true
     }
 
     /// Loads remembered settings, starts workers for names with queued exchanges, and
@@ -681,38 +717,40 @@ enum Outcome {
     Lost(String),
 }
 
-async fn wait(notify: &Notify, relay: &Relay, limit: Option<Duration>) {
-    let sleep = async {
-        match limit {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
+async fn wait(notify: &Notify, relay: &Relay, limit: Duration) {
     tokio::select! {
         _ = notify.notified() => {}
         _ = relay.draining.cancelled() => {}
-        _ = sleep => {}
+        _ = tokio::time::sleep(limit) => {}
     }
 }
 
-/// Delivers `name`'s queued exchanges, in order, whenever a client holds the name.
+/// Delivers `name`'s queued exchanges, in order, while a client holds the name; retires
+/// when nothing is queued or no client holds it (see [`Queue::wake`]).
 async fn run_worker(relay: Arc<Relay>, name: String, notify: Arc<Notify>) {
     let q = &relay.queue;
     while !relay.draining.is_cancelled() {
+        q.clear_woken(&name);
+        // A bind wakes the worker again; until then there is no one to deliver to.
         let Some(route) = relay.registry.lookup(&name) else {
-            wait(&notify, &relay, None).await;
+            if q.retire(&name) {
+                return;
+            }
             continue;
         };
         let batch = match q.store.next_queued(&name, DELIVERY_BATCH).await {
             Ok(b) => b,
             Err(e) => {
                 warn!(tunnel = %name, "reading the queue: {e}");
-                wait(&notify, &relay, Some(Duration::from_secs(1))).await;
+                wait(&notify, &relay, Duration::from_secs(1)).await;
                 continue;
             }
         };
+        // An enqueue wakes the worker again.
         if batch.is_empty() {
-            wait(&notify, &relay, None).await;
+            if q.retire(&name) {
+                return;
+            }
             continue;
         }
         let mut pause = None;
@@ -773,7 +811,7 @@ async fn run_worker(relay: Arc<Relay>, name: String, notify: Arc<Notify>) {
             }
         }
         if let Some(p) = pause {
-            wait(&notify, &relay, Some(p)).await;
+            wait(&notify, &relay, p).await;
         }
     }
     relay
@@ -985,6 +1023,13 @@ pub(crate) fn render_metrics(q: &Queue, out: &mut String) {
         let _ = writeln!(out, "# TYPE {name} counter");
         let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
     }
+    let workers = q.workers.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let _ = writeln!(
+        out,
+        "# HELP porthole_queue_workers Names whose queued exchanges are being delivered."
+    );
+    let _ = writeln!(out, "# TYPE porthole_queue_workers gauge");
+    let _ = writeln!(out, "porthole_queue_workers {workers}");
 }
 
 /// `porthole-relay queue …`: works on the data dir's queue file directly (with or

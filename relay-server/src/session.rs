@@ -15,7 +15,7 @@ use shared_proto::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::policy::{EdgePolicy, PolicyError, TunnelEdge};
+use crate::policy::{EdgePolicy, Notices, PolicyError, TunnelEdge};
 use crate::quic::{encode_head, FrameReader, StreamError};
 use crate::registry::{Route, SessionId};
 use crate::tokens::{Reservation, TokenName};
@@ -309,7 +309,7 @@ async fn serve_control(
     let mut told_goaway = false;
     // Refusal notices from the ingress for this session's tunnels; bounded, and the
     // ingress drops notices rather than wait when the client reads slowly.
-    let (notice_tx, mut notice_rx) = tokio::sync::mpsc::channel::<ServerMessage>(256);
+    let (notice_tx, mut notice_rx) = tokio::sync::mpsc::channel::<Box<ServerMessage>>(256);
     loop {
         let msg = tokio::select! {
             m = ctrl.recv.next::<ClientMessage>() => m,
@@ -395,7 +395,7 @@ async fn bind(
     kind: TunnelKind,
     reserve: bool,
     options: &[TunnelOption],
-    notices: &tokio::sync::mpsc::Sender<ServerMessage>,
+    notices: &Notices,
 ) -> ServerMessage {
     let refused = |code, message: String| ServerMessage::BindRefused { code, message };
     if let Some(o) = options
@@ -615,10 +615,7 @@ fn set_tunnel_count(relay: &Relay, id: SessionId, n: u64) {
 }
 
 /// The edge rules a bind's options ask for.
-fn tunnel_edge(
-    options: &[TunnelOption],
-    notices: &tokio::sync::mpsc::Sender<ServerMessage>,
-) -> Result<TunnelEdge, PolicyError> {
+fn tunnel_edge(options: &[TunnelOption], notices: &Notices) -> Result<TunnelEdge, PolicyError> {
     let tag = |o: &&TunnelOption| o.tag & !TunnelOption::CRITICAL;
     let policy = match options
         .iter()

@@ -224,6 +224,38 @@ fn assert_exactly_once_in_order(acked: &[Sent], delivered: &[Got]) {
     );
 }
 
+/// A relay whose clients come and go under fresh names (CI previews) keeps no delivery
+/// worker for names with nothing queued: each bind starts one, which finds nothing and
+/// ends. Before, every name ever bound kept a task for the relay's lifetime.
+#[tokio::test]
+async fn names_with_nothing_queued_keep_no_delivery_worker() {
+    let relay = Relay::start(&[]).await.unwrap();
+    let token = relay.token("ci").unwrap();
+    let target = Flaky::start().await;
+    for n in 0..3 {
+        let name = format!("preview-{n}");
+        let client = Client::start(&relay, &target.addr.to_string(), &token, &["--name", &name])
+            .await
+            .unwrap();
+        drop(client);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), relay.metrics())
+            .await
+            .expect("the relay answers /metrics")
+            .unwrap();
+        if metric(&m, "porthole_queue_workers") == 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery workers still running for names with nothing queued:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_thousand_webhooks_sent_offline_arrive_once_each_in_order() {
     let relay = Relay::start(&[]).await.unwrap();
