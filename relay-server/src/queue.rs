@@ -988,7 +988,7 @@ pub(crate) async fn handle_op(relay: &Arc<Relay>, token: &TokenName, op: QueueOp
     }
 }
 
-/// Appends the queue counters to a Prometheus text page.
+/// Appends the queue's counters and its running-worker gauge to a Prometheus text page.
 pub(crate) fn render_metrics(q: &Queue, out: &mut String) {
     use std::fmt::Write as _;
     let m = &q.metrics;
