@@ -263,13 +263,14 @@ impl Relay {
             https_cert.replace(&cached)?;
         }
         let auth_throttle = limits::AuthThrottle::new(cfg.auth_failures_per_minute);
-        let store = store::sqlite::SqliteStore::open(
-            &cfg.data_dir,
+        let store = store::on_demand::OnDemand::new(
+            cfg.data_dir.clone(),
             store::sqlite::SqliteOptions {
                 min_free_bytes: cfg.queue.min_free_bytes,
             },
         )
         .context("opening the queue")?;
+        let store = Arc::new(store);
         let queue = queue::Queue::new(store, cfg.queue.clone());
         Ok(Arc::new(Self {
             quic_cert,

@@ -256,6 +256,69 @@ async fn names_with_nothing_queued_keep_no_delivery_worker() {
     }
 }
 
+/// A relay whose tunnels only pass requests through never creates its queue database
+/// (no writer thread, no file); the first webhook to be kept creates it, and a restart
+/// finds it and delivers what it holds.
+#[tokio::test]
+async fn the_queue_database_is_created_by_the_first_webhook_it_keeps() {
+    let mut relay = Relay::start(&[]).await.unwrap();
+    let token = relay.token("dev").unwrap();
+    let target = Flaky::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let env = [("PORTHOLE_DATA_DIR", data.path().to_str().unwrap())];
+    let db = relay.dir.path().join("queue.sqlite3");
+
+    let mut client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--name", "hooks"],
+        &env,
+    )
+    .await
+    .unwrap();
+    let host = client.host();
+    let a = request(relay.http, &host, "POST", "/", &[], Bytes::from("live"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(target.delivered().len(), 1);
+    assert!(!db.exists(), "passthrough alone created {}", db.display());
+
+    client.proc.interrupt();
+    assert_eq!(
+        client
+            .proc
+            .wait_exit(Duration::from_secs(15))
+            .await
+            .unwrap(),
+        0
+    );
+    let a = request(relay.http, &host, "POST", "/", &[], Bytes::from("kept"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    assert!(db.exists());
+    assert_eq!(admin_list(&relay, &["--state", "queued"]).len(), 1);
+
+    // A restarted relay opens the database it finds and delivers its webhook.
+    relay.restart(&[]).await.unwrap();
+    let _client = Client::start_with_env(
+        &relay,
+        &target.addr.to_string(),
+        &token,
+        &["--name", "hooks"],
+        &env,
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(30), "the kept webhook", || {
+        target.delivered().len() == 2
+    })
+    .await;
+    assert_eq!(target.delivered()[1].body, "kept");
+}
+
 #[tokio::test]
 async fn a_thousand_webhooks_sent_offline_arrive_once_each_in_order() {
     let relay = Relay::start(&[]).await.unwrap();

@@ -7,6 +7,7 @@
 //! partial record; ids grow with arrival order, so "oldest queued first" is delivery
 //! order. The store knows nothing of HTTP or QUIC; [`crate::queue`] drives it.
 
+pub mod on_demand;
 pub mod sqlite;
 
 use std::future::Future;
