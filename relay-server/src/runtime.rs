@@ -34,3 +34,18 @@ pub fn build(threads: Option<usize>) -> std::io::Result<Runtime> {
             .build(),
     }
 }
+
+/// `pow`, the one function of the system's libm that anything in either binary calls:
+/// tokio's multi-threaded scheduler averages its poll times with `f64::powf`. Defined
+/// here (the `libm` crate's port of musl's), the binaries need no `libm.so` at all.
+/// Loading it cost every process about 0.3 MiB of resident memory for nothing it ran:
+/// the dynamic loader runs the CPU-feature selectors of all of libm's functions, which
+/// are spread over its code, and the kernel maps 64 KiB around each. Should another
+/// libm function be called one day, the linker takes the system's libm back, and
+/// `binaries_load_no_libm` in tests/tests/linking.rs says so.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // `no_mangle` alone: the body is safe Rust.
+#[no_mangle]
+pub extern "C" fn pow(x: f64, y: f64) -> f64 {
+    libm::pow(x, y)
+}
