@@ -298,6 +298,7 @@ async fn run(args: Args) -> Result<()> {
     let mut paths = vec![PathUnderTest::direct(target_addr)];
     let mut porthole_ctx: Option<(PortholeBins, RelayInfo)> = None;
     let mut queue_path: Option<PathUnderTest> = None;
+    let mut porthole_idle: Option<IdleMemory> = None;
 
     if !cfg.direct_only {
         if !args.no_build {
@@ -329,6 +330,14 @@ async fn run(args: Args) -> Result<()> {
             "porthole: relay http {} tunnel {} host {}",
             info.http, info.tunnel, p.host
         ));
+        // Idle memory as the peers' is measured: one tunnel, after one request. The
+        // paths set up below attach more clients (one in queue mode, which opens the
+        // relay's queue store) to this relay.
+        client::check_post(p.addr, &p.host, &payload)
+            .await
+            .context("sanity POST through porthole")?;
+        tokio::time::sleep(IDLE_SETTLE).await;
+        porthole_idle = Some(idle_memory(&p));
         paths.push(p);
         if args.queue {
             match paths::porthole_queue(&bins, &info, target_addr).await {
@@ -371,22 +380,29 @@ async fn run(args: Args) -> Result<()> {
             .with_context(|| format!("sanity POST through {}", p.name))?;
         p.check_alive()?;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(IDLE_SETTLE).await;
     for p in &paths {
-        let mut r = PathReport {
+        let (idle_rss_kib, idle_rss_anon_kib) = match (&porthole_idle, p.name.as_str()) {
+            (Some(m), "porthole") => m.clone(),
+            _ => idle_memory(p),
+        };
+        if p.name == "porthole" {
+            // The same relay now, with every tunnel the run set up attached.
+            report.relay_idle_rss_all_kib = p
+                .pids()
+                .into_iter()
+                .find(|(n, _)| n == "porthole-relay")
+                .and_then(|(_, pid)| {
+                    Some((procs::rss_kib(pid).ok()?, procs::rss_anon_kib(pid).ok()?))
+                });
+        }
+        reports.push(PathReport {
             name: p.name.clone(),
             processes: p.pids().into_iter().map(|(n, _)| n).collect(),
+            idle_rss_kib,
+            idle_rss_anon_kib,
             ..Default::default()
-        };
-        for (n, pid) in p.pids() {
-            if let Ok(v) = procs::rss_kib(pid) {
-                r.idle_rss_kib.insert(n.clone(), v);
-            }
-            if let Ok(v) = procs::rss_anon_kib(pid) {
-                r.idle_rss_anon_kib.insert(n, v);
-            }
-        }
-        reports.push(r);
+        });
     }
     if let Some((bins, info)) = &porthole_ctx {
         match inspector_on_rss(bins, info, target_addr).await {
@@ -891,4 +907,24 @@ async fn setup_peers(
             }
         }
     }
+}
+
+/// How long a path rests after its last request before its idle memory is read.
+const IDLE_SETTLE: Duration = Duration::from_millis(500);
+
+/// RSS and its anonymous part of each tunnel process, KiB, by process name.
+type IdleMemory = (BTreeMap<String, u64>, BTreeMap<String, u64>);
+
+/// Reads [`IdleMemory`] for `path`'s processes (those that can be read).
+fn idle_memory(path: &PathUnderTest) -> IdleMemory {
+    let (mut rss, mut anon) = (BTreeMap::new(), BTreeMap::new());
+    for (n, pid) in path.pids() {
+        if let Ok(v) = procs::rss_kib(pid) {
+            rss.insert(n.clone(), v);
+        }
+        if let Ok(v) = procs::rss_anon_kib(pid) {
+            anon.insert(n, v);
+        }
+    }
+    (rss, anon)
 }

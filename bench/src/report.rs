@@ -101,6 +101,9 @@ pub struct Report {
     pub loadavg: [f64; 2],
     /// One entry per path, direct first.
     pub paths: Vec<PathReport>,
+    /// The relay's RSS and its anonymous part, KiB, idle with every tunnel the run
+    /// attached to it (its `idle_rss_kib` is with one tunnel, like the peers').
+    pub relay_idle_rss_all_kib: Option<(u64, u64)>,
     /// Client RSS with the inspector on, KiB (after one request), if measured.
     pub client_idle_rss_inspect_on_kib: Option<u64>,
     /// The anonymous part of that, KiB.
@@ -419,6 +422,13 @@ pub fn table(r: &Report) -> String {
             if let Some(v) = r.client_idle_rss_inspect_on_kib {
                 let anon = r.client_idle_rss_anon_inspect_on_kib;
                 mem.push(resident("porthole (inspect on)", v, anon));
+            }
+            if let Some((v, anon)) = r.relay_idle_rss_all_kib {
+                mem.push(resident(
+                    "porthole-relay with all the run's tunnels",
+                    v,
+                    Some(anon),
+                ));
             }
         }
     }
