@@ -10,6 +10,9 @@
 # Run it after changing code an exchange runs through (docs/internals.md,
 # "Profile-guided optimization"); then scripts/link-order.sh. Needs wrk and curl, and
 # llvm-profdata of the LLVM rustc is built with (`apt-get install llvm-22`).
+#
+#   scripts/pgo.sh --check   whether the release binaries still have the profile's
+#                            functions (exits 1 when not: time to record it again)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -24,6 +27,25 @@ fi
 if [ -z "$profdata" ]; then
   echo "pgo.sh: needs llvm-profdata of LLVM $llvm (rustc's): apt-get install llvm-$llvm" >&2
   exit 1
+fi
+if [ "${1:-}" = --check ]; then
+  # The profile knows functions by symbol name, and the hash in a name covers the
+  # crate's dependencies: a dependency added to relay-server renames all of its and
+  # tunnel-client's functions, and the profile silently stops applying to them.
+  cargo build --release --locked -p relay-server -p tunnel-client
+  "$profdata" show --all-functions pgo/merged.profdata | python3 -c '
+import re, subprocess, sys
+names = {m.group(1).split(";")[-1] for m in (re.match(r"^  (\S.*):$", l) for l in sys.stdin) if m}
+ours = [n for n in names if n.startswith(("_ZN12relay_server", "_ZN13tunnel_client"))]
+have = set()
+for b in ("porthole-relay", "porthole"):
+    nm = subprocess.run(["nm", "target/release/" + b], capture_output=True, text=True, check=True).stdout
+    have.update(p[2] for p in (l.split() for l in nm.splitlines()) if len(p) == 3)
+found = sum(n in have for n in ours)
+print(f"pgo/merged.profdata: the release binaries have {found} of its {len(ours)} functions of relay-server and tunnel-client ({100 * found / max(1, len(ours)):.0f}%; 85–90% right after recording: the others are inlined everywhere)")
+sys.exit(0 if found >= 0.8 * len(ours) else 1)
+' || { echo "pgo.sh: the profile no longer matches the code: run scripts/pgo.sh" >&2; exit 1; }
+  exit
 fi
 for tool in wrk curl; do
   command -v "$tool" >/dev/null || { echo "pgo.sh: needs $tool on PATH" >&2; exit 1; }
