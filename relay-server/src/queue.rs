@@ -1039,8 +1039,10 @@ pub fn admin(
     op: AdminOp,
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<()> {
-    use crate::store::sqlite::{SqliteOptions, SqliteStore};
-    let store = SqliteStore::open(data_dir, SqliteOptions { min_free_bytes: 0 })
+    use crate::store::{on_demand::OnDemand, sqlite::SqliteOptions};
+    // A data dir without a queue file lists as empty and has no ids; none is created
+    // (a running relay would open it).
+    let store = OnDemand::new(data_dir.to_path_buf(), SqliteOptions { min_free_bytes: 0 })
         .with_context(|| format!("opening the queue in {}", data_dir.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1078,7 +1080,8 @@ pub fn admin(
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    store.close();
+    // Dropping the store stops its writer after what was sent to it.
+    drop(store);
     Ok(())
 }
 

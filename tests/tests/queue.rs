@@ -257,8 +257,8 @@ async fn names_with_nothing_queued_keep_no_delivery_worker() {
 }
 
 /// A relay whose tunnels only pass requests through never creates its queue database
-/// (no writer thread, no file); the first webhook to be kept creates it, and a restart
-/// finds it and delivers what it holds.
+/// (no writer thread, no file), nor do `porthole-relay queue` commands; the first
+/// webhook to be kept creates it, and a restart finds it and delivers what it holds.
 #[tokio::test]
 async fn the_queue_database_is_created_by_the_first_webhook_it_keeps() {
     let mut relay = Relay::start(&[]).await.unwrap();
@@ -284,6 +284,16 @@ async fn the_queue_database_is_created_by_the_first_webhook_it_keeps() {
     assert_eq!(a.status, 200);
     assert_eq!(target.delivered().len(), 1);
     assert!(!db.exists(), "passthrough alone created {}", db.display());
+    // Listing an absent queue shows it empty and creates nothing either.
+    assert!(admin_list(&relay, &[]).is_empty());
+    let out = relay.cli(&["queue", "drop", "1"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no exchange 1 in the queue"));
+    assert!(
+        !db.exists(),
+        "`porthole-relay queue` created {}",
+        db.display()
+    );
 
     client.proc.interrupt();
     assert_eq!(
