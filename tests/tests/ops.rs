@@ -573,11 +573,11 @@ async fn certificate_files_are_reloaded_without_a_restart() {
     let key = w.join("key.pem");
     std::fs::copy(&cert_a, &cert).unwrap();
     std::fs::copy(&key_a, &key).unwrap();
-    let https = free_port();
-    let https_addr = format!("127.0.0.1:{https}");
-    let _relay = Relay::start(&[
+    // The relay binds an ephemeral port and reports it (a port picked here and
+    // handed over could be taken meanwhile by a test running beside this one).
+    let relay = Relay::start(&[
         "--https-addr",
-        &https_addr,
+        "127.0.0.1:0",
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
@@ -585,6 +585,10 @@ async fn certificate_files_are_reloaded_without_a_restart() {
     ])
     .await
     .unwrap();
+    let https = relay
+        .https
+        .expect("the relay reports its HTTPS address")
+        .port();
     let trusted_by = |ca: &Path| {
         curl(&[
             "--cacert",
