@@ -382,20 +382,16 @@ async fn run(args: Args) -> Result<()> {
     }
     tokio::time::sleep(IDLE_SETTLE).await;
     for p in &paths {
+        let now = idle_memory(p);
         let (idle_rss_kib, idle_rss_anon_kib) = match (&porthole_idle, p.name.as_str()) {
-            (Some(m), "porthole") => m.clone(),
-            _ => idle_memory(p),
+            (Some(one_tunnel), "porthole") => {
+                // The same relay now, with every tunnel the run set up attached.
+                let relay = |m: &BTreeMap<String, u64>| m.get("porthole-relay").copied();
+                report.relay_idle_rss_all_kib = relay(&now.0).zip(relay(&now.1));
+                one_tunnel.clone()
+            }
+            _ => now,
         };
-        if p.name == "porthole" {
-            // The same relay now, with every tunnel the run set up attached.
-            report.relay_idle_rss_all_kib = p
-                .pids()
-                .into_iter()
-                .find(|(n, _)| n == "porthole-relay")
-                .and_then(|(_, pid)| {
-                    Some((procs::rss_kib(pid).ok()?, procs::rss_anon_kib(pid).ok()?))
-                });
-        }
         reports.push(PathReport {
             name: p.name.clone(),
             processes: p.pids().into_iter().map(|(n, _)| n).collect(),

@@ -56,11 +56,6 @@ impl OnDemand {
         Ok(this)
     }
 
-    /// Whether the store is open (the relay has used, or found, a queue database).
-    pub fn is_open(&self) -> bool {
-        self.store.get().is_some()
-    }
-
     fn file_exists(&self) -> bool {
         self.data_dir.join(QUEUE_DB_FILE).exists()
     }
