@@ -26,17 +26,9 @@ done
 
 cargo build --release --locked -p relay-server -p tunnel-client -p porthole-bench
 BIN=target/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+scratch
 
 # Runs COMMAND... in place of this (background) shell under cachegrind, its counts in
 # $WORK/NAME.out. The level-1 caches are those of the x86-64 cores Porthole is measured on.
@@ -47,24 +39,14 @@ run_counted() {
         --LL=8388608,16,64 --cachegrind-out-file="$WORK/$name.out" "$@"
 }
 
-# Stops the process PID with SIGINT, as Ctrl-C does, and waits until it has exited
-# (valgrind writes its counts then).
-stop() {
-    kill -INT "$1" 2>/dev/null || true
-    for _ in $(seq 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-    echo "footprint.sh: process $1 did not stop within 60 s" >&2
-    exit 1
-}
+webhook_body "$WORK/body.json"
 
-# A 4 KiB JSON webhook, as in the benchmark.
-python3 -c 'import json; print(json.dumps({"type": "event", "data": "x" * 4000}))' >"$WORK/body.json"
+# N keep-alive POSTs of the webhook to URL with Host HOST, each answered 2xx.
+posts() { post_hooks "$1" "$2" "$3" "$WORK/body.json" --fail; }
 
-# N keep-alive POSTs of the body to URL with Host HOST, on one connection.
-posts() {
-    local url=$1 host=$2 n=$3 urls=()
-    for _ in $(seq "$n"); do urls+=("$url/hook"); done
-    curl -sS --fail -H "Host: $host" -H 'content-type: application/json' \
-        --data-binary @"$WORK/body.json" "${urls[@]}" >/dev/null
+# A free loopback TCP port.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 # The benchmark's target (a minimal hyper server answering 200 with a short body), so
@@ -94,8 +76,8 @@ porthole_run() {
     PIDS+=("$client")
     wait_for "$dir/client.out" '"url"' 120
     posts "http://$(field http "$dir/relay.out")" bench.localhost "$n"
-    stop "$client"
-    stop "$relay"
+    stop_within 60 "$client"
+    stop_within 60 "$relay"
 }
 
 # rathole with the noise transport: a server and a client, a key made for the run.
@@ -106,8 +88,8 @@ rathole_run() {
     keys=$(rathole --genkey)
     private=$(echo "$keys" | sed -n '/Private Key/{n;p}' | tr -d '[:space:]')
     public=$(echo "$keys" | sed -n '/Public Key/{n;p}' | tr -d '[:space:]')
-    ctrl=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    ctrl=$(free_port)
+    port=$(free_port)
     printf '[server]\nbind_addr = "127.0.0.1:%s"\n[server.transport]\ntype = "noise"\n[server.transport.noise]\nlocal_private_key = "%s"\n[server.services.bench]\ntoken = "footprint"\nbind_addr = "127.0.0.1:%s"\n' \
         "$ctrl" "$private" "$port" >"$dir/server.toml"
     printf '[client]\nremote_addr = "127.0.0.1:%s"\n[client.transport]\ntype = "noise"\n[client.transport.noise]\nremote_public_key = "%s"\n[client.services.bench]\ntoken = "footprint"\nlocal_addr = "%s"\n' \
@@ -124,8 +106,8 @@ rathole_run() {
         sleep 0.2
     done
     posts "http://127.0.0.1:$port" "127.0.0.1:$port" "$n"
-    stop "$client"
-    stop "$server"
+    stop_within 60 "$client"
+    stop_within 60 "$server"
 }
 
 paths=(porthole)

@@ -43,21 +43,13 @@ done
 
 cargo build --release --locked -p relay-server -p tunnel-client
 BIN=target/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+scratch
 # Valgrind runs code about 50 times slower: every wait below allows 120 s.
 
 # Runs COMMAND... in place of this (background) shell, so that $! is its own pid, which
-# stop() signals: under callgrind with its profile named NAME, or as it is when NAME is
+# stop_within signals: under callgrind with its profile named NAME, or as it is when NAME is
 # `plain`.
 run_as() {
     local name=$1
@@ -66,17 +58,13 @@ run_as() {
     exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/$name.cg" "$@"
 }
 
-# A 4 KiB JSON webhook, as in the benchmark.
-python3 -c 'import json; print(json.dumps({"type": "event", "data": "x" * 4000}))' >"$WORK/body.json"
+webhook_body "$WORK/body.json"
 
 # Sends keep-alive requests to HOST at URL (POSTs of the body, then GETs).
 requests() {
     local url=$1 host=$2 n=$3
     shift 3
-    local urls=()
-    for _ in $(seq "$n"); do urls+=("$url/hook"); done
-    curl -sS "$@" -H "Host: $host" -H 'content-type: application/json' \
-        --data-binary @"$WORK/body.json" "${urls[@]}" >/dev/null
+    post_hooks "$url" "$host" "$n" "$WORK/body.json" "$@"
     curl -sS "$@" -H "Host: $host" "$url/" "$url/status?x=1" >/dev/null
 }
 
@@ -145,12 +133,6 @@ phase() {
     callgrind_control -d "$1" >/dev/null 2>&1
 }
 
-# Ctrl-C for PID, as a user stops it; the profile is written as it exits.
-stop() {
-    kill -INT "$1"
-    for _ in $(seq 600); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-    wait "$1" || true
-}
 
 echo "link-order.sh: profiling porthole-relay (HTTP; then HTTPS with HTTP/1.1 and h2, admin)…"
 HOST=plain.localhost
@@ -162,8 +144,8 @@ curl -sS -o /dev/null -H 'Host: nobody.localhost' "http://$RELAY_HTTP/"
 phase "$RELAY_PID"
 sleep 2
 phase "$RELAY_PID"
-stop "$CLIENT_PID"
-stop "$RELAY_PID"
+stop_within 120 "$CLIENT_PID"
+stop_within 120 "$RELAY_PID"
 start_relay relay --https-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0
 phase "$RELAY_PID"
 start_client plain "$TARGET" --inspect off --quiet
@@ -175,8 +157,8 @@ curl -sS -o /dev/null -H 'Host: nobody.localhost' "http://$RELAY_HTTP/"
 phase "$RELAY_PID"
 sleep 2
 phase "$RELAY_PID"
-stop "$CLIENT_PID"
-stop "$RELAY_PID"
+stop_within 120 "$CLIENT_PID"
+stop_within 120 "$RELAY_PID"
 
 echo "link-order.sh: profiling porthole (inspector off and on, local mode)…"
 start_relay plain --admin-addr off
@@ -189,9 +171,9 @@ for mode in inspect quiet; do
     phase "$CLIENT_PID"
     sleep 2
     phase "$CLIENT_PID"
-    stop "$CLIENT_PID"
+    stop_within 120 "$CLIENT_PID"
 done
-stop "$RELAY_PID"
+stop_within 120 "$RELAY_PID"
 # Local mode: the in-process relay and the built-in target.
 PORTHOLE_DATA_DIR=$WORK/c-local run_as client-local "$BIN/porthole" http --json \
     --local-addr 127.0.0.1:0 --inspect 127.0.0.1:0 >"$WORK/local.out" 2>&1 &
@@ -205,7 +187,7 @@ requests "http://127.0.0.1:${HOSTPORT##*:}" "${HOSTPORT%%:*}" 20
 phase "$LOCAL_PID"
 sleep 2
 phase "$LOCAL_PID"
-stop "$LOCAL_PID"
+stop_within 120 "$LOCAL_PID"
 
 # The functions of each binary that ran, in the order a process needs them. The kernel
 # maps 64 KiB of code around each page that first runs (fault-around), so code that did

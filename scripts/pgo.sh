@@ -69,14 +69,6 @@ RUSTFLAGS="-Cprofile-generate=$raw" \
   cargo build --release --locked -p relay-server -p tunnel-client --target-dir "$gen"
 rm -rf "$raw" # counts of build scripts run by that build, or of an earlier run
 
-# Stops process $1 with SIGINT and waits up to 10 s for it to exit (and write counts).
-stop() {
-  kill -INT "$1"
-  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-  echo "pgo.sh: process $1 did not stop on SIGINT" >&2
-  exit 1
-}
-
 target/release/porthole-bench target-server --threads 1 >"$work/target.out" 2>&1 &
 pids+=($!)
 wait_for "$work/target.out" '^listening '
@@ -133,8 +125,8 @@ for _ in 1 2; do
     curl -sS -o /dev/null -H "Host: plain.localhost" --data-binary @- "${url}upload"
 done
 curl -sS -o /dev/null -H "Host: nobody.localhost" "$url"
-for p in "${client_pids[@]}"; do stop "$p"; done
-stop "$relay_pid"
+for p in "${client_pids[@]}"; do stop_within 10 "$p"; done
+stop_within 10 "$relay_pid"
 
 # Sparse: functions that never ran carry no counts and are optimized as without a
 # profile. With their zero counts kept (8.7 MB instead of 1.5 MB), LLVM optimized them

@@ -172,6 +172,11 @@ async fn reserve(relay: &Relay, token: &str, name: &str, env: &[(&str, &str)], e
     let mut c = Client::start_with_env(relay, "127.0.0.1:9", token, &args, env)
         .await
         .unwrap();
+    stop_client(&mut c).await;
+}
+
+/// Stops a client with Ctrl-C, as its user does; it must exit cleanly.
+async fn stop_client(c: &mut Client) {
     c.proc.interrupt();
     assert_eq!(c.proc.wait_exit(Duration::from_secs(15)).await.unwrap(), 0);
 }
@@ -295,15 +300,7 @@ async fn the_queue_database_is_created_by_the_first_webhook_it_keeps() {
         db.display()
     );
 
-    client.proc.interrupt();
-    assert_eq!(
-        client
-            .proc
-            .wait_exit(Duration::from_secs(15))
-            .await
-            .unwrap(),
-        0
-    );
+    stop_client(&mut client).await;
     let a = request(relay.http, &host, "POST", "/", &[], Bytes::from("kept"))
         .await
         .unwrap();
